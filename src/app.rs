@@ -1,0 +1,290 @@
+//! The application: shared state, the router and its layers, start-up and graceful shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use metrics_exporter_prometheus::PrometheusHandle;
+use secrecy::ExposeSecret;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::task::TaskTracker;
+use tower::ServiceBuilder;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+use tower_sessions::cookie::SameSite;
+use tower_sessions::{Expiry, SessionManagerLayer};
+
+use crate::auth::passwords::Hasher;
+use crate::config::Config;
+use crate::domain::password::PasswordPolicy;
+use crate::error::AppError;
+use crate::keys::Keys;
+use crate::mail::outbox::Outbox;
+use crate::mail::transport::{Transport, mail_from};
+use crate::store::sessions::PgSessionStore;
+use crate::{db, store, telemetry, web};
+
+/// Cookie names: `__Host-` prefixed (Secure, whole host, path /) when served over https.
+#[derive(Debug, Clone, Copy)]
+pub struct CookieNames {
+    pub session: &'static str,
+    pub csrf: &'static str,
+}
+
+impl CookieNames {
+    fn for_config(config: &Config) -> CookieNames {
+        if config.is_https() {
+            CookieNames {
+                session: "__Host-latchkey_session",
+                csrf: "__Host-latchkey_csrf",
+            }
+        } else {
+            CookieNames {
+                session: "latchkey_session",
+                csrf: "latchkey_csrf",
+            }
+        }
+    }
+}
+
+/// What every handler can reach. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub pool: PgPool,
+    pub hasher: Hasher,
+    pub keys: Arc<Keys>,
+    pub policy: Arc<PasswordPolicy>,
+    pub outbox: Outbox,
+    /// Work that outlives its request (reset mails); drained at shutdown.
+    pub tasks: TaskTracker,
+    pub metrics: PrometheusHandle,
+    pub cookie_names: CookieNames,
+}
+
+impl AppState {
+    pub async fn new(config: Config) -> anyhow::Result<AppState> {
+        let keys = Keys::load(config.secret_key.as_ref(), config.is_https())?;
+        let pool = db::connect(&config).await?;
+        db::migrate(&pool).await?;
+        let hasher = Hasher::start(&config.argon2)?;
+        let policy = PasswordPolicy {
+            min_len_single_factor: config.policy.min_length,
+            min_len_two_factor: config.policy.min_length_two_factor,
+            service_name: "latchkey",
+        };
+        Ok(AppState {
+            cookie_names: CookieNames::for_config(&config),
+            config: Arc::new(config),
+            pool,
+            hasher,
+            keys: Arc::new(keys),
+            policy: Arc::new(policy),
+            outbox: Outbox::new(),
+            tasks: TaskTracker::new(),
+            metrics: telemetry::metrics_handle(),
+        })
+    }
+}
+
+const STYLE_CSS: &str = include_str!("../static/style.css");
+const APP_JS: &str = include_str!("../static/app.js");
+
+/// Static assets ship inside the binary, so it serves from any directory.
+fn static_routes() -> Router<AppState> {
+    let asset = |body: &'static str, content_type: &'static str| {
+        move || async move {
+            (
+                [
+                    (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
+                    (
+                        header::CACHE_CONTROL,
+                        HeaderValue::from_static("public, max-age=3600"),
+                    ),
+                ],
+                body,
+            )
+        }
+    };
+    Router::new()
+        .route(
+            "/static/style.css",
+            get(asset(STYLE_CSS, "text/css; charset=utf-8")),
+        )
+        .route(
+            "/static/app.js",
+            get(asset(APP_JS, "text/javascript; charset=utf-8")),
+        )
+}
+
+pub fn router(state: AppState) -> Router {
+    let session_layer = SessionManagerLayer::new(PgSessionStore::new(
+        state.pool.clone(),
+        Duration::from_secs(state.config.session.idle_timeout_secs),
+        Duration::from_secs(state.config.session.absolute_timeout_secs),
+    ))
+    .with_name(state.cookie_names.session)
+    .with_secure(state.config.is_https())
+    .with_http_only(true)
+    .with_same_site(SameSite::Lax)
+    .with_path("/")
+    .with_expiry(Expiry::OnSessionEnd);
+
+    let pages = Router::new()
+        .merge(web::home::router())
+        .merge(web::sign_in::router())
+        .merge(web::forgot_password::router())
+        .merge(web::reset_password::router())
+        .merge(web::settings_security::router())
+        .layer(session_layer)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            web::csrf::protect,
+        ));
+
+    let mut app = Router::new()
+        .merge(pages)
+        .merge(web::health::router())
+        .merge(static_routes())
+        .fallback(|| async { AppError::NotFound.into_response() })
+        .layer(axum::middleware::from_fn(telemetry::record_http));
+    for layer in web::headers::layers() {
+        app = app.layer(layer);
+    }
+    app.layer(
+        ServiceBuilder::new()
+            .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+            .layer(TraceLayer::new_for_http().make_span_with(telemetry::make_span))
+            .layer(PropagateRequestIdLayer::x_request_id())
+            .layer(TimeoutLayer::with_status_code(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Duration::from_secs(30),
+            ))
+            .layer(RequestBodyLimitLayer::new(web::csrf::MAX_BODY_BYTES)),
+    )
+    .with_state(state)
+}
+
+/// A running service: its address, its state, and how to stop it.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub state: AppState,
+    shutdown: watch::Sender<bool>,
+    serving: JoinHandle<anyhow::Result<()>>,
+    background: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Connects, migrates, starts the mail worker and housekeeping, and serves on `listener`.
+    pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Server> {
+        let transport = Transport::from_config(
+            config.smtp_url.as_ref().map(|u| u.expose_secret()),
+            &config.mail_dir,
+        )?;
+        let from = mail_from(Some(&config.mail_from))?;
+        let state = AppState::new(config).await?;
+        let addr = listener.local_addr().context("reading the bound address")?;
+        let (shutdown, stopping) = watch::channel(false);
+
+        let background = vec![
+            state
+                .outbox
+                .spawn_worker(state.pool.clone(), transport, from, stopping.clone()),
+            tokio::spawn(housekeeping(state.pool.clone(), stopping.clone())),
+        ];
+        let app = router(state.clone());
+        let mut stop = stopping;
+        let serving = tokio::spawn(async move {
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|stopping| *stopping).await;
+            })
+            .await
+            .context("serving HTTP")
+        });
+        tracing::info!(%addr, "latchkey is listening");
+        Ok(Server {
+            addr,
+            state,
+            shutdown,
+            serving,
+            background,
+        })
+    }
+
+    /// Stops accepting, lets in-flight requests and queued work finish, then stops workers.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.shutdown.send(true);
+        let served = self.serving.await.context("the HTTP server task failed")?;
+        self.state.tasks.close();
+        if tokio::time::timeout(Duration::from_secs(10), self.state.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("gave up waiting for background requests at shutdown");
+        }
+        for task in self.background {
+            let _ = task.await;
+        }
+        self.state.pool.close().await;
+        served
+    }
+
+    /// Serves until SIGTERM or Ctrl-C, then shuts down gracefully.
+    pub async fn run_until_signal(self) -> anyhow::Result<()> {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        self.stop().await
+    }
+}
+
+async fn housekeeping(pool: PgPool, mut stopping: watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(Duration::from_secs(600));
+    loop {
+        tokio::select! {
+            _ = every.tick() => match store::housekeeping::sweep(&pool).await {
+                Ok(swept) => tracing::debug!(?swept, "housekeeping"),
+                Err(err) => tracing::warn!(error = format!("{err:#}"), "housekeeping failed"),
+            },
+            changed = stopping.changed() => {
+                if changed.is_err() || *stopping.borrow() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}

@@ -1,0 +1,121 @@
+//! Settings → Security → Change password, for a signed-in person who knows the current one.
+
+use secrecy::SecretString;
+use uuid::Uuid;
+
+use super::passwords::Verified;
+use super::session::AuthSession;
+use super::{Failure, Origin, throttle};
+use crate::app::AppState;
+use crate::domain::password::{NewPassword, PolicyContext, PolicyViolation, normalize};
+use crate::mail::{messages, outbox};
+use crate::store::audit::{self, EventKind};
+use crate::store::{reset_tokens, sessions, users};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    #[error("the current password is wrong")]
+    WrongCurrent,
+    #[error("the new password is the current one")]
+    SameAsCurrent,
+    #[error("the new password does not meet the policy")]
+    Policy(PolicyViolation),
+    #[error(transparent)]
+    Failure(#[from] Failure),
+}
+
+impl From<sqlx::Error> for ChangeError {
+    fn from(e: sqlx::Error) -> Self {
+        anyhow::Error::from(e).into()
+    }
+}
+
+impl From<anyhow::Error> for ChangeError {
+    fn from(e: anyhow::Error) -> Self {
+        ChangeError::Failure(Failure::Unexpected(e))
+    }
+}
+
+/// Changes the password and signs out every other session; the current session keeps
+/// going under a new id. Returns how many other sessions were signed out.
+#[tracing::instrument(skip_all, fields(user_id = %user_id))]
+pub async fn change_password(
+    state: &AppState,
+    user_id: Uuid,
+    session: &AuthSession,
+    current: &str,
+    new_password: &str,
+    confirm: &str,
+    origin: &Origin,
+) -> Result<u64, ChangeError> {
+    let user = users::find_by_id(&state.pool, user_id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("signed-in account no longer exists"))?;
+    let ctx = PolicyContext {
+        email: &user.email,
+        two_factor: false,
+    };
+    let password = NewPassword::parse(&state.policy, &ctx, new_password, confirm)
+        .map_err(ChangeError::Policy)?;
+
+    // A stolen session must not make this form a free password oracle.
+    let key = user.email.to_lowercase();
+    throttle::check_account(state, &key).await?;
+    let verified = state
+        .hasher
+        .verify(
+            SecretString::from(normalize(current)),
+            Some(user.password_hash.clone()),
+        )
+        .await
+        .map_err(Failure::from)?;
+    if verified == Verified::No {
+        throttle::record_failure(state, &key).await?;
+        audit::record(
+            &state.pool,
+            EventKind::SignInFailed,
+            Some(user.id),
+            Some(&user.email),
+            origin,
+            Some("wrong current password on change password"),
+        )
+        .await?;
+        return Err(ChangeError::WrongCurrent);
+    }
+    if password.expose() == normalize(current) {
+        return Err(ChangeError::SameAsCurrent);
+    }
+    let hash = state
+        .hasher
+        .hash(SecretString::from(password.expose().to_owned()))
+        .await
+        .map_err(Failure::from)?;
+
+    let current_id = session.id();
+    let mut tx = state.pool.begin().await?;
+    users::set_password(&mut tx, user.id, &hash).await?;
+    reset_tokens::void_for_user(&mut tx, user.id).await?;
+    let signed_out = sessions::delete_for_user(&mut tx, user.id, current_id.as_ref()).await?;
+    audit::record(
+        &mut *tx,
+        EventKind::PasswordChanged,
+        Some(user.id),
+        Some(&user.email),
+        origin,
+        Some(&format!("{signed_out} other sessions signed out")),
+    )
+    .await?;
+    let mail = messages::password_changed(
+        &user.email,
+        state.config.public_base(),
+        false,
+        signed_out,
+        origin,
+    )?;
+    outbox::enqueue(&mut tx, &mail).await?;
+    tx.commit().await?;
+    state.outbox.notify();
+    throttle::clear(state, &key).await?;
+    session.rotate().await?;
+    Ok(signed_out)
+}

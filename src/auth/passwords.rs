@@ -1,0 +1,262 @@
+//! argon2id hashing on a bounded pool of dedicated threads, off the async runtime.
+
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::Context;
+use argon2::password_hash::rand_core::OsRng;
+use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::oneshot;
+
+use crate::config::Argon2Config;
+
+/// Every job waiting for or running on a hashing thread; a full queue means 503.
+type Job = Box<dyn FnOnce(&Argon2<'static>) + Send>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HashError {
+    #[error("the password hashing queue is full")]
+    Busy,
+    #[error(transparent)]
+    Unexpected(#[from] anyhow::Error),
+}
+
+/// The outcome of checking a password against a stored hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verified {
+    No,
+    Yes {
+        /// Set when the stored hash used other parameters: store this one instead.
+        rehash: Option<String>,
+    },
+}
+
+#[derive(Clone)]
+pub struct Hasher {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    jobs: SyncSender<Job>,
+    params: Params,
+    /// Verified against when the account does not exist, so both cases cost one hash.
+    dummy_hash: String,
+}
+
+impl Hasher {
+    /// Starts the hashing threads (one per core when `threads` is 0). They run at a lower
+    /// scheduling priority so the runtime's threads, which serve every cheap page, win the CPU.
+    pub fn start(config: &Argon2Config) -> anyhow::Result<Hasher> {
+        let params = Params::new(
+            config.memory_kib,
+            config.iterations,
+            config.parallelism,
+            None,
+        )
+        .map_err(|e| anyhow::anyhow!("invalid argon2 parameters: {e}"))?;
+        let threads = match config.threads {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        };
+        let (jobs, receiver) = mpsc::sync_channel::<Job>(config.queue.max(1));
+        let receiver = Arc::new(Mutex::new(receiver));
+        for index in 0..threads {
+            let receiver = Arc::clone(&receiver);
+            let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
+            std::thread::Builder::new()
+                .name(format!("argon2-{index}"))
+                .spawn(move || run_worker(&receiver, &argon2))
+                .context("spawning a hashing thread")?;
+        }
+        let dummy_hash = hash_with(
+            &Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone()),
+            "latchkey dummy password",
+        )?;
+        Ok(Hasher {
+            inner: Arc::new(Inner {
+                jobs,
+                params,
+                dummy_hash,
+            }),
+        })
+    }
+
+    /// A new PHC string for `password`.
+    pub async fn hash(&self, password: SecretString) -> Result<String, HashError> {
+        self.run(move |argon2| hash_with(argon2, password.expose_secret()))
+            .await?
+            .map_err(HashError::Unexpected)
+    }
+
+    /// Checks `password` against `stored` (or against a dummy hash when there is no
+    /// account), and offers a rehash when the stored parameters differ from ours.
+    pub async fn verify(
+        &self,
+        password: SecretString,
+        stored: Option<String>,
+    ) -> Result<Verified, HashError> {
+        let (stored, real) = match stored {
+            Some(hash) => (hash, true),
+            None => (self.inner.dummy_hash.clone(), false),
+        };
+        let params = self.inner.params.clone();
+        self.run(move |argon2| {
+            let parsed = PasswordHash::new(&stored)
+                .map_err(|e| anyhow::anyhow!("stored password hash is not a PHC string: {e}"))?;
+            let started = Instant::now();
+            let ok = argon2
+                .verify_password(password.expose_secret().as_bytes(), &parsed)
+                .is_ok();
+            metrics::histogram!("latchkey_password_hash_seconds")
+                .record(started.elapsed().as_secs_f64());
+            if !(ok && real) {
+                return Ok(Verified::No);
+            }
+            let rehash = if needs_rehash(&parsed, &params) {
+                Some(hash_with(argon2, password.expose_secret())?)
+            } else {
+                None
+            };
+            Ok(Verified::Yes { rehash })
+        })
+        .await?
+        .map_err(HashError::Unexpected)
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Argon2<'static>) -> T + Send + 'static,
+    ) -> Result<T, HashError> {
+        let (reply, answer) = oneshot::channel();
+        let job: Job = Box::new(move |argon2| {
+            // The caller may have gone away (client disconnected); nothing to do then.
+            let _ = reply.send(work(argon2));
+        });
+        match self.inner.jobs.try_send(job) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                metrics::counter!("latchkey_password_hash_rejected_total").increment(1);
+                return Err(HashError::Busy);
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                return Err(anyhow::anyhow!("hashing threads have stopped").into());
+            }
+        }
+        answer
+            .await
+            .map_err(|_| anyhow::anyhow!("a hashing thread dropped its job").into())
+    }
+}
+
+fn run_worker(receiver: &Mutex<Receiver<Job>>, argon2: &Argon2<'static>) {
+    lower_thread_priority();
+    loop {
+        // Hold the lock only while taking a job, never while hashing.
+        let job = match receiver.lock() {
+            Ok(guard) => guard.recv(),
+            Err(_) => return,
+        };
+        match job {
+            Ok(job) => job(argon2),
+            Err(_) => return,
+        }
+    }
+}
+
+/// Linux applies `setpriority` to a single thread when given its thread id.
+fn lower_thread_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: gettid has no preconditions; setpriority only reads its arguments.
+    unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10);
+    }
+}
+
+fn hash_with(argon2: &Argon2<'_>, password: &str) -> anyhow::Result<String> {
+    let started = Instant::now();
+    let salt = SaltString::generate(&mut OsRng);
+    let hash = argon2
+        .hash_password(password.as_bytes(), &salt)
+        .map_err(|e| anyhow::anyhow!("hashing a password: {e}"))?
+        .to_string();
+    metrics::histogram!("latchkey_password_hash_seconds").record(started.elapsed().as_secs_f64());
+    Ok(hash)
+}
+
+fn needs_rehash(stored: &PasswordHash<'_>, wanted: &Params) -> bool {
+    if stored.algorithm != Algorithm::Argon2id.ident() {
+        return true;
+    }
+    match Params::try_from(stored) {
+        Ok(params) => {
+            params.m_cost() != wanted.m_cost()
+                || params.t_cost() != wanted.t_cost()
+                || params.p_cost() != wanted.p_cost()
+        }
+        Err(_) => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(memory_kib: u32) -> Argon2Config {
+        Argon2Config {
+            memory_kib,
+            iterations: 2,
+            parallelism: 1,
+            threads: 1,
+            queue: 4,
+        }
+    }
+
+    fn secret(s: &str) -> SecretString {
+        SecretString::from(s.to_owned())
+    }
+
+    #[tokio::test]
+    async fn a_password_verifies_only_as_typed_in_full() {
+        let hasher = Hasher::start(&config(19456)).expect("start");
+        let long = "x".repeat(80);
+        let hash = hasher.hash(secret(&long)).await.expect("hash");
+        assert!(hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"));
+        assert_eq!(
+            hasher.verify(secret(&long), Some(hash.clone())).await.ok(),
+            Some(Verified::Yes { rehash: None })
+        );
+        assert_eq!(
+            hasher.verify(secret(&long[..72]), Some(hash)).await.ok(),
+            Some(Verified::No)
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unknown_account_never_verifies() {
+        let hasher = Hasher::start(&config(19456)).expect("start");
+        assert_eq!(
+            hasher
+                .verify(secret("latchkey dummy password"), None)
+                .await
+                .ok(),
+            Some(Verified::No)
+        );
+    }
+
+    #[tokio::test]
+    async fn older_parameters_are_upgraded_on_verify() {
+        let old = Hasher::start(&config(8192)).expect("start");
+        let current = Hasher::start(&config(19456)).expect("start");
+        let hash = old.hash(secret("correct horse")).await.expect("hash");
+        match current.verify(secret("correct horse"), Some(hash)).await {
+            Ok(Verified::Yes { rehash: Some(new) }) => {
+                assert!(new.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"))
+            }
+            other => panic!("expected a rehash, got {other:?}"),
+        }
+    }
+}

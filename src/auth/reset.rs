@@ -1,0 +1,162 @@
+//! "Forgot your password?": request a single-use emailed link, then redeem it once.
+
+use secrecy::SecretString;
+
+use super::{Failure, Origin};
+use crate::app::AppState;
+use crate::domain::EmailAddress;
+use crate::domain::password::{NewPassword, PolicyContext, PolicyViolation};
+use crate::domain::token::ResetToken;
+use crate::mail::{messages, outbox};
+use crate::store::audit::{self, EventKind};
+use crate::store::reset_tokens::{self, TokenState};
+use crate::store::{sessions, users};
+
+/// Issues a token and queues its mail, if the address has an account and has not had too
+/// many links this hour. Says nothing about which happened: the caller answers the same
+/// page either way, and runs this off the request path so the answer takes the same time.
+#[tracing::instrument(skip_all, fields(user_id = tracing::field::Empty))]
+pub async fn request_reset(
+    state: &AppState,
+    email: &EmailAddress,
+    origin: &Origin,
+) -> anyhow::Result<()> {
+    let Some(user) = users::find_by_email(&state.pool, email).await? else {
+        return Ok(());
+    };
+    tracing::Span::current().record("user_id", tracing::field::display(user.id));
+    if reset_tokens::count_recent(&state.pool, user.id).await?
+        >= state.config.throttle.reset_mails_per_hour
+    {
+        tracing::info!("reset mail limit reached for the account; nothing sent");
+        return Ok(());
+    }
+    let token = ResetToken::generate();
+    let ttl = state.config.reset_token_ttl_secs;
+    let link = format!(
+        "{}/reset-password?token={}",
+        state.config.public_base(),
+        token.expose()
+    );
+    let mail = messages::reset(&user.email, &link, ttl, origin)?;
+
+    let mut tx = state.pool.begin().await?;
+    reset_tokens::insert(&mut tx, user.id, &token.digest(), ttl, origin.ip.as_deref()).await?;
+    outbox::enqueue(&mut tx, &mail).await?;
+    audit::record(
+        &mut *tx,
+        EventKind::ResetRequested,
+        Some(user.id),
+        Some(&user.email),
+        origin,
+        None,
+    )
+    .await?;
+    tx.commit().await?;
+    state.outbox.notify();
+    Ok(())
+}
+
+/// Why a link cannot be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenProblem {
+    /// Malformed, tampered with, or never issued.
+    Invalid,
+    Expired,
+    Used,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResetError {
+    #[error("the reset link cannot be used")]
+    Token(TokenProblem),
+    #[error("the new password does not meet the policy")]
+    Policy(PolicyViolation),
+    #[error(transparent)]
+    Failure(#[from] Failure),
+}
+
+impl From<sqlx::Error> for ResetError {
+    fn from(e: sqlx::Error) -> Self {
+        anyhow::Error::from(e).into()
+    }
+}
+
+impl From<anyhow::Error> for ResetError {
+    fn from(e: anyhow::Error) -> Self {
+        ResetError::Failure(Failure::Unexpected(e))
+    }
+}
+
+/// The account a link belongs to, while the link is usable. Opening a link (which mail
+/// scanners do too) goes through here and never consumes it.
+pub async fn check_link(state: &AppState, token: &str) -> Result<users::User, ResetError> {
+    let token = ResetToken::parse(token).ok_or(ResetError::Token(TokenProblem::Invalid))?;
+    let user_id = match reset_tokens::peek(&state.pool, &token.digest()).await? {
+        TokenState::Usable { user_id } => user_id,
+        TokenState::Expired => return Err(ResetError::Token(TokenProblem::Expired)),
+        TokenState::Used => return Err(ResetError::Token(TokenProblem::Used)),
+        TokenState::Unknown => return Err(ResetError::Token(TokenProblem::Invalid)),
+    };
+    users::find_by_id(&state.pool, user_id)
+        .await?
+        .ok_or(ResetError::Token(TokenProblem::Invalid))
+}
+
+/// Sets a new password through a link: token consumed, password stored, every session of
+/// the account deleted, audit event and notification queued — all in one transaction.
+/// Never signs anyone in.
+#[tracing::instrument(skip_all, fields(user_id = tracing::field::Empty))]
+pub async fn complete_reset(
+    state: &AppState,
+    token: &str,
+    new_password: &str,
+    confirm: &str,
+    origin: &Origin,
+) -> Result<(), ResetError> {
+    let user = check_link(state, token).await?;
+    tracing::Span::current().record("user_id", tracing::field::display(user.id));
+    let ctx = PolicyContext {
+        email: &user.email,
+        two_factor: false,
+    };
+    let password = NewPassword::parse(&state.policy, &ctx, new_password, confirm)
+        .map_err(ResetError::Policy)?;
+    let hash = state
+        .hasher
+        .hash(SecretString::from(password.expose().to_owned()))
+        .await
+        .map_err(Failure::from)?;
+
+    let digest = ResetToken::parse(token)
+        .ok_or(ResetError::Token(TokenProblem::Invalid))?
+        .digest();
+    let mut tx = state.pool.begin().await?;
+    // The token may have been used or expired while we hashed: the consume decides.
+    if reset_tokens::consume(&mut tx, &digest).await?.is_none() {
+        return Err(ResetError::Token(TokenProblem::Used));
+    }
+    users::set_password(&mut tx, user.id, &hash).await?;
+    reset_tokens::void_for_user(&mut tx, user.id).await?;
+    let signed_out = sessions::delete_for_user(&mut tx, user.id, None).await?;
+    audit::record(
+        &mut *tx,
+        EventKind::ResetCompleted,
+        Some(user.id),
+        Some(&user.email),
+        origin,
+        Some(&format!("{signed_out} sessions signed out")),
+    )
+    .await?;
+    let mail = messages::password_changed(
+        &user.email,
+        state.config.public_base(),
+        true,
+        signed_out,
+        origin,
+    )?;
+    outbox::enqueue(&mut tx, &mail).await?;
+    tx.commit().await?;
+    state.outbox.notify();
+    Ok(())
+}

@@ -1,0 +1,91 @@
+//! Password sign-in: one argon2 verification whether or not the account exists.
+
+use secrecy::SecretString;
+
+use super::passwords::Verified;
+use super::{Failure, Origin, throttle};
+use crate::app::AppState;
+use crate::domain::EmailAddress;
+use crate::domain::password::{MAX_PASSWORD_BYTES, normalize};
+use crate::store::audit::{self, EventKind};
+use crate::store::users::{self, User};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SignInError {
+    /// Wrong address or wrong password: the caller must not learn which.
+    #[error("incorrect email or password")]
+    InvalidCredentials,
+    #[error(transparent)]
+    Failure(#[from] Failure),
+}
+
+impl From<anyhow::Error> for SignInError {
+    fn from(e: anyhow::Error) -> Self {
+        SignInError::Failure(Failure::Unexpected(e))
+    }
+}
+
+/// Checks an address and password. A throttled address is refused before any hashing.
+#[tracing::instrument(skip_all, fields(user_id = tracing::field::Empty))]
+pub async fn sign_in(
+    state: &AppState,
+    email_input: &str,
+    password: &str,
+    origin: &Origin,
+) -> Result<User, SignInError> {
+    // A malformed address or an absurd password cannot match any account, and saying so
+    // reveals nothing about which accounts exist.
+    let Ok(email) = EmailAddress::parse(email_input) else {
+        return Err(SignInError::InvalidCredentials);
+    };
+    if password.is_empty() || password.len() > MAX_PASSWORD_BYTES {
+        return Err(SignInError::InvalidCredentials);
+    }
+    let key = email.key();
+    throttle::check_account(state, &key).await?;
+
+    let user = users::find_by_email(&state.pool, &email).await?;
+    let verified = state
+        .hasher
+        .verify(
+            SecretString::from(normalize(password)),
+            user.as_ref().map(|u| u.password_hash.clone()),
+        )
+        .await
+        .map_err(Failure::from)?;
+
+    match (verified, user) {
+        (Verified::Yes { rehash }, Some(user)) => {
+            tracing::Span::current().record("user_id", tracing::field::display(user.id));
+            if let Some(new_hash) = rehash {
+                users::upgrade_hash(&state.pool, user.id, &user.password_hash, &new_hash).await?;
+            }
+            throttle::clear(state, &key).await?;
+            audit::record(
+                &state.pool,
+                EventKind::SignIn,
+                Some(user.id),
+                Some(&user.email),
+                origin,
+                None,
+            )
+            .await?;
+            metrics::counter!("latchkey_sign_in_total", "outcome" => "success").increment(1);
+            Ok(user)
+        }
+        (_, user) => {
+            throttle::record_failure(state, &key).await?;
+            audit::record(
+                &state.pool,
+                EventKind::SignInFailed,
+                user.as_ref().map(|u| u.id),
+                Some(email.as_str()),
+                origin,
+                None,
+            )
+            .await?;
+            metrics::counter!("latchkey_sign_in_total", "outcome" => "failure").increment(1);
+            Err(SignInError::InvalidCredentials)
+        }
+    }
+}

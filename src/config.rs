@@ -1,0 +1,105 @@
+//! Typed settings, layered: built-in `config/default.toml` → `config/local.toml` → environment.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use secrecy::SecretString;
+use serde::Deserialize;
+use url::Url;
+
+/// The defaults ship inside the binary, so it serves from any working directory.
+const DEFAULTS: &str = include_str!("../config/default.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Config {
+    pub database_url: SecretString,
+    pub listen: SocketAddr,
+    pub public_url: Url,
+    pub smtp_url: Option<SecretString>,
+    pub mail_from: String,
+    pub mail_dir: PathBuf,
+    pub reset_token_ttl_secs: u64,
+    pub ip_rate_limit: u32,
+    pub log: String,
+    pub log_format: LogFormat,
+    pub secret_key: Option<SecretString>,
+    pub trust_forwarded_for: bool,
+    pub db_max_connections: u32,
+    pub db_acquire_timeout_ms: u64,
+    pub argon2: Argon2Config,
+    pub policy: PolicyConfig,
+    pub throttle: ThrottleConfig,
+    pub session: SessionConfig,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Argon2Config {
+    pub memory_kib: u32,
+    pub iterations: u32,
+    pub parallelism: u32,
+    pub threads: usize,
+    pub queue: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct PolicyConfig {
+    pub min_length: usize,
+    pub min_length_two_factor: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ThrottleConfig {
+    pub free_failures: i32,
+    pub base_delay_secs: u64,
+    pub max_delay_secs: u64,
+    pub reset_mails_per_hour: i64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct SessionConfig {
+    pub idle_timeout_secs: u64,
+    pub absolute_timeout_secs: u64,
+}
+
+impl Config {
+    /// Defaults, then `config/local.toml` if present, then `DATABASE_URL` and `LATCHKEY_*`.
+    pub fn load() -> anyhow::Result<Config> {
+        Self::figment()
+            .merge(Toml::file("config/local.toml"))
+            .merge(Env::raw().only(&["DATABASE_URL"]))
+            .merge(Env::prefixed("LATCHKEY_").split("__"))
+            .extract()
+            .context("reading configuration")
+    }
+
+    /// The built-in defaults alone (tests start from these and override fields).
+    pub fn defaults() -> anyhow::Result<Config> {
+        Self::figment()
+            .extract()
+            .context("reading built-in configuration")
+    }
+
+    fn figment() -> Figment {
+        Figment::new().merge(Toml::string(DEFAULTS))
+    }
+
+    /// Cookies get `Secure` and the `__Host-` prefix when the service is reached over https.
+    pub fn is_https(&self) -> bool {
+        self.public_url.scheme() == "https"
+    }
+
+    /// `public_url` without a trailing slash, for building links in mail.
+    pub fn public_base(&self) -> &str {
+        self.public_url.as_str().trim_end_matches('/')
+    }
+}

@@ -1,0 +1,130 @@
+//! One function per email, each rendered from `templates/email/<name>/{subject,text,html}`.
+
+use anyhow::Context;
+use askama::Template;
+use time::OffsetDateTime;
+
+use super::OutgoingMail;
+use crate::auth::Origin;
+use crate::web::browser::describe_user_agent;
+
+/// Where and when something happened, as the mail tells it.
+struct Circumstances {
+    when: String,
+    ip: String,
+    browser: String,
+}
+
+impl Circumstances {
+    fn new(origin: &Origin) -> Circumstances {
+        let now = OffsetDateTime::now_utc();
+        let when = now
+            .format(time::macros::format_description!(
+                "[day] [month repr:long] [year], [hour]:[minute] UTC"
+            ))
+            .unwrap_or_else(|_| now.to_string());
+        Circumstances {
+            when,
+            ip: origin
+                .ip
+                .clone()
+                .unwrap_or_else(|| "an unknown address".into()),
+            browser: describe_user_agent(origin.user_agent.as_deref()),
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "email/reset/text.txt")]
+struct ResetText<'a> {
+    link: &'a str,
+    minutes: u64,
+    at: &'a Circumstances,
+}
+
+#[derive(Template)]
+#[template(path = "email/reset/html.html")]
+struct ResetHtml<'a> {
+    link: &'a str,
+    minutes: u64,
+    at: &'a Circumstances,
+}
+
+/// "Reset your latchkey password": the single-use link, on its own line.
+pub fn reset(to: &str, link: &str, ttl_secs: u64, origin: &Origin) -> anyhow::Result<OutgoingMail> {
+    let at = Circumstances::new(origin);
+    let minutes = ttl_secs.div_ceil(60);
+    Ok(OutgoingMail {
+        to: to.to_owned(),
+        subject: "Reset your latchkey password".to_owned(),
+        text: ResetText {
+            link,
+            minutes,
+            at: &at,
+        }
+        .render()
+        .context("rendering the reset mail")?,
+        html: Some(
+            ResetHtml {
+                link,
+                minutes,
+                at: &at,
+            }
+            .render()
+            .context("rendering the reset mail")?,
+        ),
+    })
+}
+
+#[derive(Template)]
+#[template(path = "email/password_changed/text.txt")]
+struct ChangedText<'a> {
+    sign_in_link: &'a str,
+    at: &'a Circumstances,
+    by_reset: bool,
+    signed_out: u64,
+}
+
+#[derive(Template)]
+#[template(path = "email/password_changed/html.html")]
+struct ChangedHtml<'a> {
+    sign_in_link: &'a str,
+    at: &'a Circumstances,
+    by_reset: bool,
+    signed_out: u64,
+}
+
+/// "Your latchkey password was changed": when, from where, and what to do if it was not them.
+pub fn password_changed(
+    to: &str,
+    public_base: &str,
+    by_reset: bool,
+    signed_out: u64,
+    origin: &Origin,
+) -> anyhow::Result<OutgoingMail> {
+    let at = Circumstances::new(origin);
+    let sign_in_link = format!("{public_base}/sign-in");
+    let sign_in_link = sign_in_link.as_str();
+    Ok(OutgoingMail {
+        to: to.to_owned(),
+        subject: "Your latchkey password was changed".to_owned(),
+        text: ChangedText {
+            sign_in_link,
+            at: &at,
+            by_reset,
+            signed_out,
+        }
+        .render()
+        .context("rendering the password-changed mail")?,
+        html: Some(
+            ChangedHtml {
+                sign_in_link,
+                at: &at,
+                by_reset,
+                signed_out,
+            }
+            .render()
+            .context("rendering the password-changed mail")?,
+        ),
+    })
+}

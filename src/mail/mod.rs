@@ -1,0 +1,7 @@
+//! Mail: messages rendered from `templates/email/`, an outbox table, and its delivery worker.
+
+pub mod messages;
+pub mod outbox;
+pub mod transport;
+
+pub use transport::OutgoingMail;

@@ -1,0 +1,53 @@
+//! Periodic clean-up of rows that have served their purpose.
+
+use sqlx::PgPool;
+
+/// How many rows each table lost.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Swept {
+    pub sessions: u64,
+    pub reset_tokens: u64,
+    pub throttles: u64,
+    pub outbox: u64,
+}
+
+/// Deletes expired sessions, tokens dead for a day, idle throttle rows, and mail that was
+/// delivered (or given up on) more than a week ago.
+pub async fn sweep(pool: &PgPool) -> anyhow::Result<Swept> {
+    let sessions = sqlx::query("delete from sessions where expires_at <= now()")
+        .execute(pool)
+        .await?
+        .rows_affected();
+    let reset_tokens = sqlx::query(
+        "delete from reset_tokens
+         where coalesce(used_at, expires_at) < now() - interval '1 day'",
+    )
+    .execute(pool)
+    .await?
+    .rows_affected();
+    let throttles = sqlx::query(
+        "delete from login_throttle
+         where updated_at < now() - interval '1 day'
+           and (blocked_until is null or blocked_until < now())",
+    )
+    .execute(pool)
+    .await?
+    .rows_affected()
+        + sqlx::query("delete from ip_throttle where window_start < now() - interval '10 minutes'")
+            .execute(pool)
+            .await?
+            .rows_affected();
+    let outbox = sqlx::query(
+        "delete from outbox
+         where status in ('sent', 'failed') and created_at < now() - interval '7 days'",
+    )
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(Swept {
+        sessions,
+        reset_tokens,
+        throttles,
+        outbox,
+    })
+}

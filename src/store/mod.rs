@@ -1,0 +1,8 @@
+//! SQL only: each module owns the statements for one table.
+
+pub mod audit;
+pub mod housekeeping;
+pub mod reset_tokens;
+pub mod sessions;
+pub mod throttle;
+pub mod users;

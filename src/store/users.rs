@@ -1,0 +1,95 @@
+//! Accounts: email, argon2id PHC hash, password change time.
+
+use sqlx::{PgConnection, PgPool};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::domain::EmailAddress;
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct User {
+    pub id: Uuid,
+    pub email: String,
+    pub password_hash: String,
+    pub password_changed_at: OffsetDateTime,
+    pub created_at: OffsetDateTime,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CreateUserError {
+    #[error("an account with that email address already exists")]
+    EmailTaken,
+    #[error(transparent)]
+    Unexpected(#[from] anyhow::Error),
+}
+
+const COLUMNS: &str = "id, email, password_hash, password_changed_at, created_at";
+
+pub async fn find_by_email(pool: &PgPool, email: &EmailAddress) -> anyhow::Result<Option<User>> {
+    Ok(sqlx::query_as(&format!(
+        "select {COLUMNS} from users where lower(email) = $1"
+    ))
+    .bind(email.key())
+    .fetch_optional(pool)
+    .await?)
+}
+
+pub async fn find_by_id(pool: &PgPool, id: Uuid) -> anyhow::Result<Option<User>> {
+    Ok(
+        sqlx::query_as(&format!("select {COLUMNS} from users where id = $1"))
+            .bind(id)
+            .fetch_optional(pool)
+            .await?,
+    )
+}
+
+pub async fn insert(
+    pool: &PgPool,
+    email: &EmailAddress,
+    password_hash: &str,
+) -> Result<Uuid, CreateUserError> {
+    let inserted: Result<(Uuid,), sqlx::Error> =
+        sqlx::query_as("insert into users (email, password_hash) values ($1, $2) returning id")
+            .bind(email.as_str())
+            .bind(password_hash)
+            .fetch_one(pool)
+            .await;
+    match inserted {
+        Ok((id,)) => Ok(id),
+        Err(sqlx::Error::Database(e)) if e.constraint() == Some("users_email_key") => {
+            Err(CreateUserError::EmailTaken)
+        }
+        Err(e) => Err(CreateUserError::Unexpected(e.into())),
+    }
+}
+
+/// A new password, as part of a reset or change transaction.
+pub async fn set_password(
+    conn: &mut PgConnection,
+    id: Uuid,
+    password_hash: &str,
+) -> anyhow::Result<()> {
+    sqlx::query(
+        "update users set password_hash = $2, password_changed_at = now(), updated_at = now()
+         where id = $1",
+    )
+    .bind(id)
+    .bind(password_hash)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Replaces a hash made with older parameters, unless the password changed meanwhile.
+pub async fn upgrade_hash(pool: &PgPool, id: Uuid, old: &str, new: &str) -> anyhow::Result<()> {
+    sqlx::query(
+        "update users set password_hash = $3, updated_at = now()
+         where id = $1 and password_hash = $2",
+    )
+    .bind(id)
+    .bind(old)
+    .bind(new)
+    .execute(pool)
+    .await?;
+    Ok(())
+}

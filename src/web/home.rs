@@ -1,0 +1,31 @@
+//! `/`: the signed-in home page, with the Settings menu.
+
+use askama::Template;
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::get;
+use axum::{Extension, Router};
+
+use super::CurrentUser;
+use super::csrf::CsrfToken;
+use super::pages::{self, Layout};
+use crate::app::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/", get(show))
+}
+
+#[derive(Template)]
+#[template(path = "home.html")]
+struct HomePage {
+    layout: Layout,
+    email: String,
+}
+
+async fn show(Extension(csrf): Extension<CsrfToken>, current: CurrentUser) -> Response {
+    let page = HomePage {
+        layout: Layout::new("Your account", &csrf.0).signed_in(&current.user.email),
+        email: current.user.email,
+    };
+    pages::render(StatusCode::OK, &page)
+}

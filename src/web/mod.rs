@@ -1,0 +1,175 @@
+//! HTTP: one module per page, each with its `router()`, handlers and template; plus the
+//! extractors and layers every page shares.
+
+pub mod browser;
+pub mod csrf;
+pub mod forgot_password;
+pub mod headers;
+pub mod health;
+pub mod home;
+pub mod pages;
+pub mod reset_password;
+pub mod settings_security;
+pub mod sign_in;
+
+use std::net::SocketAddr;
+
+use axum::extract::{
+    ConnectInfo, FromRequest, FromRequestParts, OptionalFromRequestParts, Request,
+};
+use axum::http::header;
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Redirect, Response};
+use serde::de::DeserializeOwned;
+use tower_sessions::Session;
+
+use crate::app::AppState;
+use crate::auth::Origin;
+use crate::auth::session::AuthSession;
+use crate::error::AppError;
+use crate::store::{sessions, users};
+
+/// The client's IP and user agent, for audit events and the sessions list.
+pub struct ClientOrigin(pub Origin);
+
+impl FromRequestParts<AppState> for ClientOrigin {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let forwarded = state
+            .config
+            .trust_forwarded_for
+            .then(|| parts.headers.get("x-forwarded-for"))
+            .flatten()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .map(|ip| ip.trim().to_owned())
+            .filter(|ip| ip.parse::<std::net::IpAddr>().is_ok());
+        let ip = forwarded.or_else(|| {
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|ConnectInfo(addr)| addr.ip().to_string())
+        });
+        let user_agent = parts
+            .headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|ua| ua.chars().take(300).collect());
+        Ok(ClientOrigin(Origin { ip, user_agent }))
+    }
+}
+
+/// The typed session of this request.
+impl FromRequestParts<AppState> for AuthSession {
+    type Rejection = AppError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let session = Session::from_request_parts(parts, state)
+            .await
+            .map_err(|_| anyhow::anyhow!("session layer missing"))?;
+        Ok(AuthSession::new(session))
+    }
+}
+
+/// A signed-in person. Pages that take it send everyone else to sign in, and back after.
+pub struct CurrentUser {
+    pub user: users::User,
+    pub session: AuthSession,
+}
+
+/// Not signed in: 303 to `/sign-in?next=<this page>`.
+pub enum NotSignedIn {
+    Redirect(String),
+    Error(AppError),
+}
+
+impl IntoResponse for NotSignedIn {
+    fn into_response(self) -> Response {
+        match self {
+            NotSignedIn::Redirect(to) => Redirect::to(&to).into_response(),
+            NotSignedIn::Error(e) => e.into_response(),
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for CurrentUser {
+    type Rejection = NotSignedIn;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        match <CurrentUser as OptionalFromRequestParts<AppState>>::from_request_parts(parts, state)
+            .await
+        {
+            Ok(Some(user)) => Ok(user),
+            Ok(None) => {
+                let here = parts
+                    .uri
+                    .path_and_query()
+                    .map_or("/", |p| p.as_str())
+                    .to_owned();
+                let to = if here == "/" {
+                    "/sign-in".to_owned()
+                } else {
+                    let next: String =
+                        url::form_urlencoded::byte_serialize(here.as_bytes()).collect();
+                    format!("/sign-in?next={next}")
+                };
+                Err(NotSignedIn::Redirect(to))
+            }
+            Err(e) => Err(NotSignedIn::Error(e)),
+        }
+    }
+}
+
+impl OptionalFromRequestParts<AppState> for CurrentUser {
+    type Rejection = AppError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Option<Self>, Self::Rejection> {
+        let session =
+            <AuthSession as FromRequestParts<AppState>>::from_request_parts(parts, state).await?;
+        let Some(user_id) = session.user_id().await? else {
+            return Ok(None);
+        };
+        let Some(user) = users::find_by_id(&state.pool, user_id).await? else {
+            session.sign_out().await?;
+            return Ok(None);
+        };
+        if let Some(id) = session.id() {
+            let s = &state.config.session;
+            sessions::touch(
+                &state.pool,
+                &id,
+                std::time::Duration::from_secs(s.idle_timeout_secs),
+                std::time::Duration::from_secs(s.absolute_timeout_secs),
+            )
+            .await?;
+        }
+        Ok(Some(CurrentUser { user, session }))
+    }
+}
+
+/// A urlencoded form; an unreadable body is a 400 page, never a 500.
+pub struct WebForm<T>(pub T);
+
+impl<T: DeserializeOwned + Send> FromRequest<AppState> for WebForm<T> {
+    type Rejection = AppError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        match axum::Form::<T>::from_request(req, state).await {
+            Ok(axum::Form(value)) => Ok(WebForm(value)),
+            Err(rejection) => Err(AppError::BadRequest(rejection.body_text())),
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! `/sign-in`, `/sign-out`: password sign-in with a generic failure message.
+
+use askama::Template;
+use axum::extract::{Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Router};
+use serde::Deserialize;
+
+use super::csrf::CsrfToken;
+use super::pages::{self, Errors, Layout};
+use super::{ClientOrigin, CurrentUser, WebForm};
+use crate::app::AppState;
+use crate::auth::Failure;
+use crate::auth::session::AuthSession;
+use crate::auth::sign_in::{SignInError, sign_in};
+use crate::auth::throttle::{self, IpScope};
+use crate::domain::SafeNext;
+use crate::error::AppError;
+use crate::store::audit::{self, EventKind};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/sign-in", get(show).post(submit))
+        .route("/sign-out", post(sign_out))
+}
+
+#[derive(Template)]
+#[template(path = "sign_in.html")]
+struct SignInPage {
+    layout: Layout,
+    email: String,
+    next: Option<String>,
+    reset_minutes: u64,
+}
+
+impl SignInPage {
+    fn new(state: &AppState, csrf: &str, email: String, next: Option<&SafeNext>) -> SignInPage {
+        SignInPage {
+            layout: Layout::new("Sign in", csrf),
+            email,
+            next: next.map(|n| n.as_str().to_owned()),
+            reset_minutes: state.config.reset_token_ttl_secs.div_ceil(60),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct SignInQuery {
+    next: Option<String>,
+    notice: Option<String>,
+}
+
+/// Banners another flow may ask this page to show; anything else is ignored.
+fn notice_text(key: Option<&str>) -> Option<String> {
+    match key? {
+        "password-reset" => {
+            Some("Your password was changed. Sign in with your new password.".into())
+        }
+        "signed-out" => Some("You're signed out.".into()),
+        _ => None,
+    }
+}
+
+async fn show(
+    State(state): State<AppState>,
+    Extension(csrf): Extension<CsrfToken>,
+    user: Option<CurrentUser>,
+    Query(query): Query<SignInQuery>,
+) -> Response {
+    let next = query.next.as_deref().and_then(SafeNext::parse);
+    if user.is_some() {
+        return Redirect::to(next.as_ref().map_or("/", |n| n.as_str())).into_response();
+    }
+    let mut page = SignInPage::new(&state, &csrf.0, String::new(), next.as_ref());
+    page.layout = page
+        .layout
+        .with_notice(notice_text(query.notice.as_deref()));
+    pages::render(StatusCode::OK, &page)
+}
+
+#[derive(Deserialize)]
+struct SignInForm {
+    #[serde(default)]
+    email: String,
+    #[serde(default)]
+    password: String,
+    #[serde(default)]
+    next: String,
+}
+
+async fn submit(
+    State(state): State<AppState>,
+    Extension(csrf): Extension<CsrfToken>,
+    ClientOrigin(origin): ClientOrigin,
+    session: AuthSession,
+    WebForm(form): WebForm<SignInForm>,
+) -> Result<Response, AppError> {
+    let next = SafeNext::parse(&form.next);
+    let again = |errors: Errors, status: StatusCode| {
+        let mut page =
+            SignInPage::new(&state, &csrf.0, form.email.trim().to_owned(), next.as_ref());
+        page.layout = page.layout.with_errors(errors);
+        pages::render(status, &page)
+    };
+    let ip = origin.ip.clone().unwrap_or_default();
+    let outcome = match throttle::check_ip(&state, IpScope::SignIn, &ip).await {
+        Ok(()) => sign_in(&state, &form.email, &form.password, &origin).await,
+        Err(failure) => Err(SignInError::Failure(failure)),
+    };
+    match outcome {
+        Ok(user) => {
+            session.sign_in(user.id, &origin).await?;
+            Ok(Redirect::to(next.as_ref().map_or("/", |n| n.as_str())).into_response())
+        }
+        Err(SignInError::InvalidCredentials) => Ok(again(
+            Errors::one("email", "Incorrect email or password."),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        )),
+        Err(SignInError::Failure(Failure::Throttled { retry_after })) => {
+            let message = format!(
+                "Too many attempts. Wait {} and try again.",
+                pages::describe_wait(retry_after)
+            );
+            let mut response = again(Errors::one("email", message), StatusCode::TOO_MANY_REQUESTS);
+            if let Ok(v) = HeaderValue::from_str(&retry_after.as_secs().to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            Ok(response)
+        }
+        Err(SignInError::Failure(failure)) => Err(failure.into()),
+    }
+}
+
+async fn sign_out(
+    State(state): State<AppState>,
+    ClientOrigin(origin): ClientOrigin,
+    session: AuthSession,
+) -> Result<Response, AppError> {
+    if let Some(user_id) = session.user_id().await? {
+        audit::record(
+            &state.pool,
+            EventKind::SignOut,
+            Some(user_id),
+            None,
+            &origin,
+            None,
+        )
+        .await?;
+    }
+    session.sign_out().await?;
+    Ok(Redirect::to("/sign-in?notice=signed-out").into_response())
+}

@@ -1,0 +1,258 @@
+//! The test harness: `TestApp::spawn()` and one helper per endpoint.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use latchkey::app::Server;
+use latchkey::config::Config;
+use latchkey::domain::EmailAddress;
+use latchkey::store::users;
+use reqwest::cookie::{CookieStore, Jar};
+use reqwest::redirect::Policy;
+use reqwest::{Client, Response, StatusCode};
+use secrecy::SecretString;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+
+use crate::smtp_sink::{ReceivedMail, SmtpSink};
+
+/// A good password for tests: long, uncommon, no email in it.
+pub const PASSWORD: &str = "correct horse battery staple";
+pub const NEW_PASSWORD: &str = "a whole new passphrase of mine";
+
+/// Where test databases are created; override with LATCHKEY_TEST_PG.
+fn postgres_base() -> String {
+    std::env::var("LATCHKEY_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+pub struct TestApp {
+    pub base: String,
+    pub pool: PgPool,
+    pub smtp: SmtpSink,
+    pub database_url: String,
+    server: Option<Server>,
+}
+
+/// One browser: its own cookie jar, redirects not followed so tests can assert them.
+pub struct Browser {
+    pub client: Client,
+    pub jar: Arc<Jar>,
+    base: String,
+}
+
+impl TestApp {
+    pub async fn spawn() -> TestApp {
+        Self::spawn_with(|_| {}).await
+    }
+
+    /// Starts the service with test settings, after `tweak` has had its say.
+    pub async fn spawn_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
+        let smtp = SmtpSink::start().await;
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let database_url = format!(
+            "{}/latchkey_test_{}",
+            postgres_base(),
+            uuid::Uuid::new_v4().simple()
+        );
+        let mut config = Config::defaults().expect("defaults");
+        config.database_url = SecretString::from(database_url.clone());
+        config.listen = addr;
+        config.public_url = format!("http://{addr}").parse().expect("url");
+        config.smtp_url = Some(SecretString::from(smtp.url()));
+        config.ip_rate_limit = 0;
+        config.log = std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into());
+        config.mail_dir = std::env::temp_dir().join(format!("latchkey-mail-{}", addr.port()));
+        config.secret_key = Some(SecretString::from(
+            base64::engine::general_purpose::STANDARD.encode([42u8; 32]),
+        ));
+        tweak(&mut config);
+        latchkey::telemetry::init(&config.log, config.log_format);
+        let server = Server::start(config, listener)
+            .await
+            .expect("server starts");
+        let pool = server.state.pool.clone();
+        TestApp {
+            base: format!("http://{addr}"),
+            pool,
+            smtp,
+            database_url,
+            server: Some(server),
+        }
+    }
+
+    pub fn state(&self) -> &latchkey::app::AppState {
+        &self.server.as_ref().expect("running").state
+    }
+
+    /// Stops the service gracefully (as on SIGTERM).
+    pub async fn stop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.stop().await.expect("clean stop");
+        }
+    }
+
+    pub fn browser(&self) -> Browser {
+        let jar = Arc::new(Jar::default());
+        let client = Client::builder()
+            .redirect(Policy::none())
+            .cookie_provider(jar.clone())
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("client");
+        Browser {
+            client,
+            jar,
+            base: self.base.clone(),
+        }
+    }
+
+    /// An account with `password`, made the way `latchkey user create` makes one.
+    pub async fn create_user(&self, email: &str, password: &str) -> uuid::Uuid {
+        let hash = self
+            .state()
+            .hasher
+            .hash(SecretString::from(password.to_owned()))
+            .await
+            .expect("hash");
+        users::insert(
+            &self.pool,
+            &EmailAddress::parse(email).expect("email"),
+            &hash,
+        )
+        .await
+        .expect("insert user")
+    }
+
+    pub async fn password_hash(&self, email: &str) -> String {
+        let (hash,): (String,) =
+            sqlx::query_as("select password_hash from users where lower(email) = lower($1)")
+                .bind(email)
+                .fetch_one(&self.pool)
+                .await
+                .expect("user row");
+        hash
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        let (n,): (i64,) = sqlx::query_as(sql).fetch_one(&self.pool).await.expect(sql);
+        n
+    }
+
+    /// Waits for the `n`-th mail to `to` and returns all mail to that address.
+    pub async fn mails_to(&self, to: &str, n: usize) -> Vec<ReceivedMail> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let mails = self.smtp.messages_to(to);
+            if mails.len() >= n || tokio::time::Instant::now() > deadline {
+                return mails;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Browser {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        self.client.get(self.url(path)).send().await.expect("GET")
+    }
+
+    /// The CSRF token of the page at `path` (fetching it also sets the CSRF cookie).
+    pub async fn csrf_token(&self, path: &str) -> String {
+        let body = self.get(path).await.text().await.expect("body");
+        if let Some(token) = csrf_in(&body) {
+            return token;
+        }
+        // Pages without a form (e.g. a dead link's page): any form page carries the token.
+        let body = self.get("/sign-in").await.text().await.expect("body");
+        csrf_in(&body).unwrap_or_else(|| panic!("no csrf_token on {path} nor /sign-in"))
+    }
+
+    /// Posts a form as a browser would after loading `form_page`: token included.
+    pub async fn submit(&self, form_page: &str, action: &str, fields: &[(&str, &str)]) -> Response {
+        let token = self.csrf_token(form_page).await;
+        let mut form: Vec<(&str, &str)> = fields.to_vec();
+        form.push(("csrf_token", &token));
+        self.client
+            .post(self.url(action))
+            .form(&form)
+            .send()
+            .await
+            .expect("POST")
+    }
+
+    pub async fn sign_in(&self, email: &str, password: &str) -> Response {
+        self.submit(
+            "/sign-in",
+            "/sign-in",
+            &[("email", email), ("password", password)],
+        )
+        .await
+    }
+
+    pub async fn sign_out(&self) -> Response {
+        self.submit("/", "/sign-out", &[]).await
+    }
+
+    /// The session cookie's value, if the jar holds one.
+    pub fn session_cookie(&self) -> Option<String> {
+        let url = self.base.parse().expect("url");
+        let header = self.jar.cookies(&url)?;
+        header
+            .to_str()
+            .ok()?
+            .split("; ")
+            .find_map(|c| c.strip_prefix("latchkey_session="))
+            .map(str::to_owned)
+    }
+
+    /// A second browser that holds only `session` as its session cookie.
+    pub fn with_session_cookie(app: &TestApp, session: &str) -> Browser {
+        let browser = app.browser();
+        let url = app.base.parse().expect("url");
+        browser
+            .jar
+            .add_cookie_str(&format!("latchkey_session={session}; Path=/"), &url);
+        browser
+    }
+}
+
+pub fn csrf_in(body: &str) -> Option<String> {
+    let start = body.find("name=\"csrf_token\" value=\"")? + "name=\"csrf_token\" value=\"".len();
+    let end = body[start..].find('"')?;
+    Some(body[start..start + end].to_owned())
+}
+
+/// A page with its CSRF tokens blanked, to compare two answers.
+pub fn without_tokens(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    let marker = "name=\"csrf_token\" value=\"";
+    while let Some(i) = rest.find(marker) {
+        out.push_str(&rest[..i + marker.len()]);
+        rest = &rest[i + marker.len()..];
+        let end = rest.find('"').unwrap_or(0);
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+pub fn location(response: &Response) -> String {
+    response
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned()
+}
+
+pub fn assert_status(response: &Response, status: StatusCode) {
+    assert_eq!(response.status(), status, "for {}", response.url());
+}

@@ -1,0 +1,9 @@
+//! latchkey's integration tests: the real server on a random port, a fresh Postgres
+//! database per test, real SMTP to a local sink, driven over HTTP with a cookie jar.
+
+mod cli;
+mod helpers;
+mod reset;
+mod settings;
+mod sign_in;
+mod smtp_sink;

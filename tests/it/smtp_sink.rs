@@ -1,0 +1,542 @@
+//! A tiny SMTP server for tests: accepts everything lettre's client sends over plain
+//! `smtp://`, keeps each message in memory, and can be switched off to simulate an outage.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::{JoinHandle, JoinSet};
+
+/// Longest command or data line accepted; a longer one ends the session.
+const MAX_LINE: usize = 64 * 1024;
+
+/// One message as the server received it.
+#[allow(dead_code)]
+#[derive(Clone, Debug)]
+pub struct ReceivedMail {
+    /// Envelope sender (`MAIL FROM`), without the angle brackets.
+    pub from: String,
+    /// Envelope recipients (`RCPT TO`), without the angle brackets.
+    pub to: Vec<String>,
+    /// The raw message (headers and body), CRLF line endings, dot-unstuffed.
+    pub data: String,
+}
+
+#[derive(Default)]
+struct State {
+    messages: Mutex<Vec<ReceivedMail>>,
+    down: AtomicBool,
+}
+
+impl State {
+    fn is_down(&self) -> bool {
+        self.down.load(Ordering::SeqCst)
+    }
+
+    fn push(&self, mail: ReceivedMail) {
+        self.messages
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(mail);
+    }
+
+    fn messages(&self) -> Vec<ReceivedMail> {
+        self.messages
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+}
+
+/// Listens on 127.0.0.1 on a free port until dropped.
+#[allow(dead_code)]
+pub struct SmtpSink {
+    pub port: u16,
+    state: Arc<State>,
+    server: JoinHandle<()>,
+}
+
+#[allow(dead_code)]
+impl SmtpSink {
+    pub async fn start() -> SmtpSink {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("smtp sink: bind 127.0.0.1:0");
+        let port = listener
+            .local_addr()
+            .expect("smtp sink: local address")
+            .port();
+        let state = Arc::new(State::default());
+        let server = tokio::spawn(serve(listener, Arc::clone(&state)));
+        SmtpSink {
+            port,
+            state,
+            server,
+        }
+    }
+
+    /// `smtp://127.0.0.1:<port>`, ready for `LATCHKEY_SMTP_URL`.
+    pub fn url(&self) -> String {
+        format!("smtp://127.0.0.1:{}", self.port)
+    }
+
+    /// Every message received so far, oldest first.
+    pub fn messages(&self) -> Vec<ReceivedMail> {
+        self.state.messages()
+    }
+
+    /// Messages whose envelope includes `address` (case-insensitive), oldest first.
+    pub fn messages_to(&self, address: &str) -> Vec<ReceivedMail> {
+        self.messages()
+            .into_iter()
+            .filter(|mail| mail.to.iter().any(|to| to.eq_ignore_ascii_case(address)))
+            .collect()
+    }
+
+    /// Polls until at least `count` messages have arrived or `timeout` has passed, then
+    /// returns all messages: fewer than `count` means they did not come in time (which is
+    /// also how a test asserts that nothing was sent).
+    pub async fn wait_for(&self, count: usize, timeout: Duration) -> Vec<ReceivedMail> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let messages = self.messages();
+            if messages.len() >= count || tokio::time::Instant::now() >= deadline {
+                return messages;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// While down, new connections get `421` and are closed, and open ones answer their
+    /// next command with `421` and are closed (so pooled client connections fail too).
+    pub fn set_down(&self, down: bool) {
+        self.state.down.store(down, Ordering::SeqCst);
+    }
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        // Aborting the accept loop drops its JoinSet, which aborts every session.
+        self.server.abort();
+    }
+}
+
+async fn serve(listener: TcpListener, state: Arc<State>) {
+    let mut sessions = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                if let Ok((stream, _)) = accepted {
+                    sessions.spawn(session(stream, Arc::clone(&state)));
+                }
+            }
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+        }
+    }
+}
+
+enum Read {
+    Line(String),
+    Closed,
+}
+
+async fn read_line(reader: &mut BufReader<TcpStream>) -> Read {
+    let mut raw = Vec::new();
+    match (&mut *reader)
+        .take(MAX_LINE as u64)
+        .read_until(b'\n', &mut raw)
+        .await
+    {
+        Ok(0) | Err(_) => Read::Closed,
+        Ok(_) if !raw.ends_with(b"\n") => Read::Closed,
+        Ok(_) => {
+            let line = String::from_utf8_lossy(&raw);
+            Read::Line(line.trim_end_matches(['\r', '\n']).to_owned())
+        }
+    }
+}
+
+async fn reply(reader: &mut BufReader<TcpStream>, text: &str) -> bool {
+    reader.get_mut().write_all(text.as_bytes()).await.is_ok()
+}
+
+/// `<addr> PARAMS` after `MAIL FROM:` / `RCPT TO:` → `addr`.
+fn path_argument(rest: &str) -> String {
+    let rest = rest.trim_start();
+    match rest
+        .strip_prefix('<')
+        .and_then(|inner| inner.split_once('>'))
+    {
+        Some((address, _)) => address.to_owned(),
+        None => rest
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_owned(),
+    }
+}
+
+async fn session(stream: TcpStream, state: Arc<State>) {
+    let mut conn = BufReader::new(stream);
+    if state.is_down() {
+        reply(&mut conn, "421 4.3.2 smtp-sink is down\r\n").await;
+        return;
+    }
+    if !reply(&mut conn, "220 smtp-sink ESMTP ready\r\n").await {
+        return;
+    }
+    let mut from: Option<String> = None;
+    let mut to: Vec<String> = Vec::new();
+    loop {
+        let Read::Line(line) = read_line(&mut conn).await else {
+            return;
+        };
+        if state.is_down() {
+            reply(&mut conn, "421 4.3.2 smtp-sink is down\r\n").await;
+            return;
+        }
+        let upper = line.to_ascii_uppercase();
+        let answer = if upper.starts_with("EHLO") {
+            "250-smtp-sink greets you\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n"
+        } else if upper.starts_with("HELO") {
+            "250 smtp-sink\r\n"
+        } else if upper.starts_with("MAIL FROM:") {
+            from = Some(path_argument(&line["MAIL FROM:".len()..]));
+            to.clear();
+            "250 2.1.0 ok\r\n"
+        } else if upper.starts_with("RCPT TO:") {
+            if from.is_none() {
+                "503 5.5.1 MAIL first\r\n"
+            } else {
+                to.push(path_argument(&line["RCPT TO:".len()..]));
+                "250 2.1.5 ok\r\n"
+            }
+        } else if upper == "DATA" {
+            if from.is_none() || to.is_empty() {
+                "503 5.5.1 MAIL and RCPT first\r\n"
+            } else {
+                if !reply(&mut conn, "354 end data with <CR><LF>.<CR><LF>\r\n").await {
+                    return;
+                }
+                let Some(data) = read_data(&mut conn).await else {
+                    return;
+                };
+                state.push(ReceivedMail {
+                    from: from.take().unwrap_or_default(),
+                    to: std::mem::take(&mut to),
+                    data,
+                });
+                "250 2.0.0 ok: queued\r\n"
+            }
+        } else if upper == "RSET" {
+            from = None;
+            to.clear();
+            "250 2.0.0 ok\r\n"
+        } else if upper == "NOOP" || upper.starts_with("NOOP ") {
+            "250 2.0.0 ok\r\n"
+        } else if upper == "QUIT" {
+            reply(&mut conn, "221 2.0.0 bye\r\n").await;
+            return;
+        } else {
+            "502 5.5.2 command not implemented\r\n"
+        };
+        if !reply(&mut conn, answer).await {
+            return;
+        }
+    }
+}
+
+/// Reads the DATA section up to the lone `.` line, undoing dot-stuffing.
+async fn read_data(conn: &mut BufReader<TcpStream>) -> Option<String> {
+    let mut lines: Vec<String> = Vec::new();
+    loop {
+        let Read::Line(line) = read_line(conn).await else {
+            return None;
+        };
+        if line == "." {
+            let mut data = lines.join("\r\n");
+            data.push_str("\r\n");
+            return Some(data);
+        }
+        lines.push(match line.strip_prefix('.') {
+            Some(unstuffed) => unstuffed.to_owned(),
+            None => line,
+        });
+    }
+}
+
+// ---- reading what was received ----
+
+#[allow(dead_code)]
+impl ReceivedMail {
+    /// A top-level header's value, unfolded; the first one if repeated.
+    pub fn header(&self, name: &str) -> Option<String> {
+        let (headers, _) = split_entity(&self.data);
+        header_value(headers, name)
+    }
+
+    /// The Subject, with RFC 2047 encoded words (`=?utf-8?b?…?=`, `=?utf-8?q?…?=`) decoded.
+    pub fn subject(&self) -> Option<String> {
+        self.header("Subject")
+            .map(|value| decode_encoded_words(&value))
+    }
+
+    /// The decoded text/plain body (the text/plain part of a multipart message).
+    pub fn text_body(&self) -> Option<String> {
+        find_part(&self.data, "text/plain")
+    }
+
+    /// The decoded text/html part, if any.
+    pub fn html_body(&self) -> Option<String> {
+        find_part(&self.data, "text/html")
+    }
+
+    /// The first `http://` or `https://` URL in the text body.
+    pub fn first_link(&self) -> Option<String> {
+        let text = self.text_body()?;
+        let start = text.find("http://").or_else(|| text.find("https://"))?;
+        let link: String = text[start..]
+            .chars()
+            .take_while(|c| !c.is_whitespace() && !matches!(c, '<' | '>' | '"'))
+            .collect();
+        Some(link)
+    }
+}
+
+/// Headers and body of a MIME entity (both CRLF-separated).
+fn split_entity(entity: &str) -> (&str, &str) {
+    if let Some((headers, body)) = entity.split_once("\r\n\r\n") {
+        (headers, body)
+    } else if let Some(body) = entity.strip_prefix("\r\n") {
+        ("", body)
+    } else {
+        (entity, "")
+    }
+}
+
+fn header_value(headers: &str, name: &str) -> Option<String> {
+    let mut found: Option<String> = None;
+    for line in headers.split("\r\n") {
+        if line.starts_with([' ', '\t']) {
+            if let Some(value) = found.as_mut() {
+                value.push(' ');
+                value.push_str(line.trim());
+            }
+            continue;
+        }
+        if found.is_some() {
+            break;
+        }
+        if let Some((_, value)) = line
+            .split_once(':')
+            .filter(|(key, _)| key.trim().eq_ignore_ascii_case(name))
+        {
+            found = Some(value.trim().to_owned());
+        }
+    }
+    found
+}
+
+/// `multipart/alternative; boundary="x"` → (`multipart/alternative`, Some(`x`)).
+fn content_type(headers: &str) -> (String, Option<String>) {
+    let Some(value) = header_value(headers, "Content-Type") else {
+        return ("text/plain".to_owned(), None);
+    };
+    let mut params = value.split(';');
+    let mime = params
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    let boundary = params.find_map(|param| {
+        let (key, value) = param.split_once('=')?;
+        key.trim()
+            .eq_ignore_ascii_case("boundary")
+            .then(|| value.trim().trim_matches('"').to_owned())
+    });
+    (mime, boundary)
+}
+
+fn find_part(entity: &str, wanted: &str) -> Option<String> {
+    let (headers, body) = split_entity(entity);
+    let (mime, boundary) = content_type(headers);
+    if mime.starts_with("multipart/") {
+        let delimiter = format!("--{}", boundary?);
+        return body
+            .split(delimiter.as_str())
+            .skip(1) // the preamble
+            .take_while(|part| !part.starts_with("--")) // the closing delimiter
+            .find_map(|part| find_part(part.strip_prefix("\r\n").unwrap_or(part), wanted));
+    }
+    if mime != wanted {
+        return None;
+    }
+    // The CRLF before a boundary belongs to the boundary.
+    let body = body.strip_suffix("\r\n").unwrap_or(body);
+    let encoding = header_value(headers, "Content-Transfer-Encoding")
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let bytes = match encoding.as_str() {
+        "quoted-printable" => decode_quoted_printable(body),
+        "base64" => decode_base64(body)?,
+        _ => body.as_bytes().to_vec(),
+    };
+    Some(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+fn hex_value(byte: u8) -> Option<u8> {
+    match byte {
+        b'0'..=b'9' => Some(byte - b'0'),
+        b'a'..=b'f' => Some(byte - b'a' + 10),
+        b'A'..=b'F' => Some(byte - b'A' + 10),
+        _ => None,
+    }
+}
+
+fn decode_quoted_printable(text: &str) -> Vec<u8> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'=' {
+            out.push(bytes[i]);
+            i += 1;
+        } else if bytes[i + 1..].starts_with(b"\r\n") {
+            i += 3; // soft line break
+        } else if bytes[i + 1..].starts_with(b"\n") {
+            i += 2;
+        } else if let (Some(high), Some(low)) = (
+            bytes.get(i + 1).copied().and_then(hex_value),
+            bytes.get(i + 2).copied().and_then(hex_value),
+        ) {
+            out.push(high << 4 | low);
+            i += 3;
+        } else {
+            out.push(b'=');
+            i += 1;
+        }
+    }
+    out
+}
+
+fn decode_base64(text: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(text.len() / 4 * 3);
+    let mut buffer: u32 = 0;
+    let mut bits = 0;
+    for byte in text.bytes() {
+        let value = match byte {
+            b'A'..=b'Z' => byte - b'A',
+            b'a'..=b'z' => byte - b'a' + 26,
+            b'0'..=b'9' => byte - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            b'=' => break,
+            b'\r' | b'\n' | b' ' | b'\t' => continue,
+            _ => return None,
+        };
+        buffer = buffer << 6 | u32::from(value);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((buffer >> bits) as u8);
+            buffer &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
+}
+
+/// Decodes `=?charset?B|Q?…?=` words (UTF-8 and ASCII charsets) in a header value.
+fn decode_encoded_words(value: &str) -> String {
+    let mut out = String::new();
+    let mut rest = value;
+    let mut previous_was_word = false;
+    while let Some(start) = rest.find("=?") {
+        let decoded = rest[start + 2..].splitn(3, '?').collect::<Vec<_>>();
+        let (Some(encoding), Some(tail)) = (decoded.get(1), decoded.get(2)) else {
+            break;
+        };
+        let Some(end) = tail.find("?=") else {
+            break;
+        };
+        let payload = &tail[..end];
+        let bytes = match encoding.to_ascii_lowercase().as_str() {
+            "b" => decode_base64(payload),
+            "q" => Some(decode_quoted_printable(&payload.replace('_', " "))),
+            _ => None,
+        };
+        let Some(bytes) = bytes else {
+            break;
+        };
+        let between = &rest[..start];
+        // Whitespace between two adjacent encoded words is not part of the text.
+        if !(previous_was_word && between.trim().is_empty()) {
+            out.push_str(between);
+        }
+        out.push_str(&String::from_utf8_lossy(&bytes));
+        previous_was_word = true;
+        let consumed = start + 2 + decoded[0].len() + 1 + encoding.len() + 1 + end + 2;
+        rest = &rest[consumed..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod decoding_tests {
+    use super::*;
+
+    fn mail(data: &str) -> ReceivedMail {
+        ReceivedMail {
+            from: "a@x.test".to_owned(),
+            to: vec!["b@x.test".to_owned()],
+            data: data.to_owned(),
+        }
+    }
+
+    #[test]
+    fn quoted_printable_soft_breaks_and_escapes_are_decoded() {
+        assert_eq!(
+            decode_quoted_printable("token=3Dab=\r\ncd caf=C3=A9 =\r\n"),
+            "token=abcd café ".as_bytes()
+        );
+    }
+
+    #[test]
+    fn base64_with_line_breaks_is_decoded() {
+        assert_eq!(
+            decode_base64("aHR0cHM6Ly94LnRl\r\nc3Qv").as_deref(),
+            Some(&b"https://x.test/"[..])
+        );
+        assert_eq!(decode_base64("YQ==").as_deref(), Some(&b"a"[..]));
+        assert_eq!(decode_base64("not base64!"), None);
+    }
+
+    #[test]
+    fn encoded_words_in_headers_are_decoded() {
+        assert_eq!(
+            decode_encoded_words("=?utf-8?b?UsOpaW5pdA==?= now"),
+            "Réinit now"
+        );
+        assert_eq!(
+            decode_encoded_words("=?UTF-8?Q?caf=C3=A9_au?= =?utf-8?q?_lait?="),
+            "café au lait"
+        );
+        assert_eq!(decode_encoded_words("plain subject"), "plain subject");
+    }
+
+    #[test]
+    fn a_plain_message_without_content_type_is_text() {
+        let received = mail("Subject: hi\r\n\r\nline one\r\nhttps://x.test/a?b=c\r\n");
+        assert_eq!(
+            received.text_body().as_deref(),
+            Some("line one\r\nhttps://x.test/a?b=c")
+        );
+        assert_eq!(
+            received.first_link().as_deref(),
+            Some("https://x.test/a?b=c")
+        );
+        assert_eq!(received.header("subject").as_deref(), Some("hi"));
+    }
+}
