@@ -146,6 +146,7 @@ pub fn router(state: AppState) -> Router {
         .merge(web::forgot_password::router())
         .merge(web::reset_password::router())
         .merge(web::settings_security::router())
+        .merge(web::two_factor::router())
         .layer(session_layer)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

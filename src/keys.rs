@@ -18,6 +18,7 @@ const DEV_KEY_FILE: &str = "var/secret_key";
 pub struct Keys {
     pub csrf: [u8; 32],
     pub totp: [u8; 32],
+    pub recovery: [u8; 32],
 }
 
 impl std::fmt::Debug for Keys {
@@ -45,6 +46,7 @@ impl Keys {
         Keys {
             csrf: subkey(master, b"latchkey csrf v1"),
             totp: subkey(master, b"latchkey totp v1"),
+            recovery: subkey(master, b"latchkey recovery codes v1"),
         }
     }
 }

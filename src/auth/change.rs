@@ -53,7 +53,7 @@ pub async fn change_password(
         .ok_or_else(|| anyhow::anyhow!("signed-in account no longer exists"))?;
     let ctx = PolicyContext {
         email: &user.email,
-        two_factor: false,
+        two_factor: user.has_two_factor(),
     };
     let password = NewPassword::parse(&state.policy, &ctx, new_password, confirm)
         .map_err(ChangeError::Policy)?;

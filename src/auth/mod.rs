@@ -6,6 +6,7 @@ pub mod reset;
 pub mod session;
 pub mod sign_in;
 pub mod throttle;
+pub mod two_factor;
 
 use std::time::Duration;
 

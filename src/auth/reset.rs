@@ -2,6 +2,7 @@
 
 use secrecy::SecretString;
 
+use super::two_factor::{self, TwoFactorError};
 use super::{Failure, Origin};
 use crate::app::AppState;
 use crate::domain::EmailAddress;
@@ -72,6 +73,10 @@ pub enum ResetError {
     Token(TokenProblem),
     #[error("the new password does not meet the policy")]
     Policy(PolicyViolation),
+    /// Two-factor is on and the code was missing or wrong; the link stays usable
+    /// (until five wrong codes).
+    #[error("the two-factor code is wrong")]
+    WrongCode,
     #[error(transparent)]
     Failure(#[from] Failure),
 }
@@ -103,6 +108,9 @@ pub async fn check_link(state: &AppState, token: &str) -> Result<users::User, Re
         .ok_or(ResetError::Token(TokenProblem::Invalid))
 }
 
+/// Wrong codes a link survives.
+const CODE_ATTEMPTS_PER_TOKEN: i32 = 5;
+
 /// Sets a new password through a link: token consumed, password stored, every session of
 /// the account deleted, audit event and notification queued — all in one transaction.
 /// Never signs anyone in.
@@ -112,25 +120,48 @@ pub async fn complete_reset(
     token: &str,
     new_password: &str,
     confirm: &str,
+    totp_code: &str,
     origin: &Origin,
 ) -> Result<(), ResetError> {
     let user = check_link(state, token).await?;
     tracing::Span::current().record("user_id", tracing::field::display(user.id));
     let ctx = PolicyContext {
         email: &user.email,
-        two_factor: false,
+        two_factor: user.has_two_factor(),
     };
     let password = NewPassword::parse(&state.policy, &ctx, new_password, confirm)
         .map_err(ResetError::Policy)?;
+    let digest = ResetToken::parse(token)
+        .ok_or(ResetError::Token(TokenProblem::Invalid))?
+        .digest();
+    // A stolen mailbox alone must not be enough: the second factor is asked here too.
+    if user.has_two_factor() {
+        match two_factor::check_code(state, &user, totp_code).await {
+            Ok(()) => {}
+            Err(TwoFactorError::WrongCode) => {
+                reset_tokens::record_code_failure(&state.pool, &digest, CODE_ATTEMPTS_PER_TOKEN)
+                    .await?;
+                audit::record(
+                    &state.pool,
+                    EventKind::SignInFailed,
+                    Some(user.id),
+                    Some(&user.email),
+                    origin,
+                    Some("wrong two-factor code on the reset form"),
+                )
+                .await?;
+                return Err(ResetError::WrongCode);
+            }
+            Err(TwoFactorError::Failure(failure)) => return Err(failure.into()),
+            Err(other) => return Err(anyhow::anyhow!("checking a reset code: {other}").into()),
+        }
+    }
     let hash = state
         .hasher
         .hash(SecretString::from(password.expose().to_owned()))
         .await
         .map_err(Failure::from)?;
 
-    let digest = ResetToken::parse(token)
-        .ok_or(ResetError::Token(TokenProblem::Invalid))?
-        .digest();
     let mut tx = state.pool.begin().await?;
     // The token may have been used or expired while we hashed: the consume decides.
     if reset_tokens::consume(&mut tx, &digest).await?.is_none() {

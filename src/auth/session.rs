@@ -10,6 +10,12 @@ const USER_ID: &str = "user_id";
 const IP: &str = "ip";
 const USER_AGENT: &str = "user_agent";
 const SIGNED_IN_AT: &str = "signed_in_at";
+const PENDING_USER_ID: &str = "pending_user_id";
+const PENDING_UNTIL: &str = "pending_until";
+const PENDING_NEXT: &str = "pending_next";
+
+/// How long a correct password waits for its second factor.
+const SECOND_STEP_SECS: i64 = 300;
 
 #[derive(Clone)]
 pub struct AuthSession(Session);
@@ -31,6 +37,9 @@ impl AuthSession {
     /// (session fixation) is worth nothing.
     pub async fn sign_in(&self, user_id: Uuid, origin: &Origin) -> anyhow::Result<()> {
         self.0.cycle_id().await.map_err(err)?;
+        for key in [PENDING_USER_ID, PENDING_UNTIL, PENDING_NEXT] {
+            self.0.remove_value(key).await.map_err(err)?;
+        }
         self.0.insert(USER_ID, user_id).await.map_err(err)?;
         self.0.insert(IP, &origin.ip).await.map_err(err)?;
         self.0
@@ -40,6 +49,40 @@ impl AuthSession {
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         self.0.insert(SIGNED_IN_AT, now).await.map_err(err)?;
         Ok(())
+    }
+
+    /// After a correct password on an account with two-factor: a half-signed-in session,
+    /// under a fresh id, that reaches nothing but the second step, for five minutes.
+    pub async fn begin_second_step(&self, user_id: Uuid, next: Option<&str>) -> anyhow::Result<()> {
+        self.0.cycle_id().await.map_err(err)?;
+        self.0.insert(PENDING_USER_ID, user_id).await.map_err(err)?;
+        let until = time::OffsetDateTime::now_utc().unix_timestamp() + SECOND_STEP_SECS;
+        self.0.insert(PENDING_UNTIL, until).await.map_err(err)?;
+        self.0.insert(PENDING_NEXT, next).await.map_err(err)?;
+        Ok(())
+    }
+
+    /// The account waiting for its second step, and where to go after, while in time.
+    pub async fn pending_second_step(&self) -> anyhow::Result<Option<(Uuid, Option<String>)>> {
+        let Some(user_id) = self.0.get::<Uuid>(PENDING_USER_ID).await.map_err(err)? else {
+            return Ok(None);
+        };
+        let until = self
+            .0
+            .get::<i64>(PENDING_UNTIL)
+            .await
+            .map_err(err)?
+            .unwrap_or(0);
+        if time::OffsetDateTime::now_utc().unix_timestamp() > until {
+            return Ok(None);
+        }
+        let next = self
+            .0
+            .get::<Option<String>>(PENDING_NEXT)
+            .await
+            .map_err(err)?
+            .flatten();
+        Ok(Some((user_id, next)))
     }
 
     /// Deletes the session row and clears the cookie.

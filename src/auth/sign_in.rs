@@ -38,6 +38,7 @@ pub async fn sign_in(
     let Ok(email) = EmailAddress::parse(email_input) else {
         return Err(SignInError::InvalidCredentials);
     };
+    let password = normalize(password);
     if password.is_empty() || password.len() > MAX_PASSWORD_BYTES {
         return Err(SignInError::InvalidCredentials);
     }
@@ -48,7 +49,7 @@ pub async fn sign_in(
     let verified = state
         .hasher
         .verify(
-            SecretString::from(normalize(password)),
+            SecretString::from(password),
             user.as_ref().map(|u| u.password_hash.clone()),
         )
         .await
@@ -59,6 +60,11 @@ pub async fn sign_in(
             tracing::Span::current().record("user_id", tracing::field::display(user.id));
             if let Some(new_hash) = rehash {
                 users::upgrade_hash(&state.pool, user.id, &user.password_hash, &new_hash).await?;
+            }
+            // With two-factor, only the completed second step clears failures and counts
+            // as a sign-in.
+            if user.has_two_factor() {
+                return Ok(user);
             }
             throttle::clear(state, &key).await?;
             audit::record(

@@ -6,6 +6,7 @@ use time::OffsetDateTime;
 
 use super::OutgoingMail;
 use crate::auth::Origin;
+use crate::store::audit::EventKind;
 use crate::web::browser::describe_user_agent;
 
 /// Where and when something happened, as the mail tells it.
@@ -125,6 +126,73 @@ pub fn password_changed(
             }
             .render()
             .context("rendering the password-changed mail")?,
+        ),
+    })
+}
+
+#[derive(Template)]
+#[template(path = "email/security_change/text.txt")]
+struct SecurityChangeText<'a> {
+    what: &'a str,
+    settings_link: &'a str,
+    sign_in_link: &'a str,
+    at: &'a Circumstances,
+}
+
+#[derive(Template)]
+#[template(path = "email/security_change/html.html")]
+struct SecurityChangeHtml<'a> {
+    what: &'a str,
+    settings_link: &'a str,
+    sign_in_link: &'a str,
+    at: &'a Circumstances,
+}
+
+/// Two-factor turned on or off, or new recovery codes: when, from where, what to do.
+pub fn security_change(
+    to: &str,
+    public_base: &str,
+    kind: EventKind,
+    origin: &Origin,
+) -> anyhow::Result<OutgoingMail> {
+    let (subject, what) = match kind {
+        EventKind::TwoFactorEnabled => (
+            "Two-factor authentication is on for your latchkey account",
+            "Two-factor authentication was turned on",
+        ),
+        EventKind::TwoFactorDisabled => (
+            "Two-factor authentication is off for your latchkey account",
+            "Two-factor authentication was turned off",
+        ),
+        _ => (
+            "New recovery codes for your latchkey account",
+            "New two-factor recovery codes were made, and the old ones stopped working",
+        ),
+    };
+    let at = Circumstances::new(origin);
+    let settings_link = format!("{public_base}/settings/security");
+    let sign_in_link = format!("{public_base}/sign-in");
+    let (settings_link, sign_in_link) = (settings_link.as_str(), sign_in_link.as_str());
+    Ok(OutgoingMail {
+        to: to.to_owned(),
+        subject: subject.to_owned(),
+        text: SecurityChangeText {
+            what,
+            settings_link,
+            sign_in_link,
+            at: &at,
+        }
+        .render()
+        .context("rendering a security notification")?,
+        html: Some(
+            SecurityChangeHtml {
+                what,
+                settings_link,
+                sign_in_link,
+                at: &at,
+            }
+            .render()
+            .context("rendering a security notification")?,
         ),
     })
 }

@@ -14,6 +14,9 @@ pub enum EventKind {
     ResetCompleted,
     PasswordChanged,
     SessionsRevoked,
+    TwoFactorEnabled,
+    TwoFactorDisabled,
+    RecoveryCodesRegenerated,
 }
 
 impl EventKind {
@@ -26,6 +29,9 @@ impl EventKind {
             EventKind::ResetCompleted => "reset_completed",
             EventKind::PasswordChanged => "password_changed",
             EventKind::SessionsRevoked => "sessions_revoked",
+            EventKind::TwoFactorEnabled => "two_factor_enabled",
+            EventKind::TwoFactorDisabled => "two_factor_disabled",
+            EventKind::RecoveryCodesRegenerated => "recovery_codes_regenerated",
         }
     }
 
@@ -39,6 +45,9 @@ impl EventKind {
             "reset_completed" => "Password reset",
             "password_changed" => "Password changed",
             "sessions_revoked" => "Other sessions signed out",
+            "two_factor_enabled" => "Two-factor authentication turned on",
+            "two_factor_disabled" => "Two-factor authentication turned off",
+            "recovery_codes_regenerated" => "New recovery codes made",
             _ => "Security event",
         }
     }

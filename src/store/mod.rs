@@ -5,4 +5,5 @@ pub mod housekeeping;
 pub mod reset_tokens;
 pub mod sessions;
 pub mod throttle;
+pub mod two_factor;
 pub mod users;

@@ -84,3 +84,21 @@ pub async fn consume(conn: &mut PgConnection, token_hash: &[u8]) -> anyhow::Resu
     .await?;
     Ok(row.map(|(id,)| id))
 }
+
+/// Counts a wrong two-factor code entered with this token; the fifth voids the token.
+pub async fn record_code_failure(
+    pool: &PgPool,
+    token_hash: &[u8],
+    limit: i32,
+) -> anyhow::Result<()> {
+    sqlx::query(
+        "update reset_tokens set failed_codes = failed_codes + 1,
+             used_at = case when failed_codes + 1 >= $2 then now() else used_at end
+         where token_hash = $1 and used_at is null",
+    )
+    .bind(token_hash)
+    .bind(limit)
+    .execute(pool)
+    .await?;
+    Ok(())
+}

@@ -13,6 +13,13 @@ pub struct User {
     pub password_hash: String,
     pub password_changed_at: OffsetDateTime,
     pub created_at: OffsetDateTime,
+    pub totp_enabled_at: Option<OffsetDateTime>,
+}
+
+impl User {
+    pub fn has_two_factor(&self) -> bool {
+        self.totp_enabled_at.is_some()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -23,7 +30,7 @@ pub enum CreateUserError {
     Unexpected(#[from] anyhow::Error),
 }
 
-const COLUMNS: &str = "id, email, password_hash, password_changed_at, created_at";
+const COLUMNS: &str = "id, email, password_hash, password_changed_at, created_at, totp_enabled_at";
 
 pub async fn find_by_email(pool: &PgPool, email: &EmailAddress) -> anyhow::Result<Option<User>> {
     Ok(sqlx::query_as(&format!(

@@ -16,6 +16,7 @@ use crate::app::AppState;
 use crate::auth::reset::{ResetError, TokenProblem, check_link, complete_reset};
 use crate::domain::password::PolicyViolation;
 use crate::error::AppError;
+use crate::store::users::User;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/reset-password", get(show).post(submit))
@@ -28,6 +29,23 @@ struct ResetPage {
     email: String,
     token: String,
     min_length: usize,
+    two_factor: bool,
+}
+
+impl ResetPage {
+    fn new(state: &AppState, csrf: &str, user: &User, token: String, errors: Errors) -> ResetPage {
+        ResetPage {
+            layout: Layout::new("Choose a new password", csrf).with_errors(errors),
+            email: user.email.clone(),
+            token,
+            min_length: if user.has_two_factor() {
+                state.policy.min_len_two_factor
+            } else {
+                state.policy.min_len_single_factor
+            },
+            two_factor: user.has_two_factor(),
+        }
+    }
 }
 
 #[derive(Template)]
@@ -79,15 +97,12 @@ async fn show(
     match check_link(&state, &query.token).await {
         Ok(user) => Ok(pages::render(
             StatusCode::OK,
-            &ResetPage {
-                layout: Layout::new("Choose a new password", &csrf.0),
-                email: user.email,
-                token: query.token,
-                min_length: state.policy.min_len_single_factor,
-            },
+            &ResetPage::new(&state, &csrf.0, &user, query.token, Errors::default()),
         )),
         Err(ResetError::Token(problem)) => Ok(link_problem(problem)),
-        Err(ResetError::Policy(_)) => Err(AppError::BadRequest("policy on GET".into())),
+        Err(ResetError::Policy(_) | ResetError::WrongCode) => Err(AppError::BadRequest(
+            "unexpected reset outcome on GET".into(),
+        )),
         Err(ResetError::Failure(failure)) => Err(failure.into()),
     }
 }
@@ -100,6 +115,8 @@ struct ResetForm {
     new_password: String,
     #[serde(default)]
     new_password_confirm: String,
+    #[serde(default)]
+    totp_code: String,
 }
 
 /// The field a policy message belongs beside.
@@ -122,6 +139,7 @@ async fn submit(
         &form.token,
         &form.new_password,
         &form.new_password_confirm,
+        &form.totp_code,
         &origin,
     )
     .await
@@ -129,21 +147,33 @@ async fn submit(
         Ok(()) => Ok(Redirect::to("/sign-in?notice=password-reset").into_response()),
         Err(ResetError::Token(problem)) => Ok(link_problem(problem)),
         Err(ResetError::Policy(violation)) => {
-            let email = check_link(&state, &form.token)
-                .await
-                .map(|u| u.email)
-                .unwrap_or_default();
-            Ok(pages::render(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                &ResetPage {
-                    layout: Layout::new("Choose a new password", &csrf.0)
-                        .with_errors(policy_errors(&violation)),
-                    email,
-                    token: form.token,
-                    min_length: state.policy.min_len_single_factor,
-                },
-            ))
+            again(&state, &csrf.0, form.token, policy_errors(&violation)).await
+        }
+        Err(ResetError::WrongCode) => {
+            let errors = Errors::one(
+                "totp_code",
+                "Enter the 6-digit code from your authenticator app, or a recovery code",
+            );
+            again(&state, &csrf.0, form.token, errors).await
         }
         Err(ResetError::Failure(failure)) => Err(failure.into()),
+    }
+}
+
+/// The form again with its errors, while the link is still usable.
+async fn again(
+    state: &AppState,
+    csrf: &str,
+    token: String,
+    errors: Errors,
+) -> Result<Response, AppError> {
+    match check_link(state, &token).await {
+        Ok(user) => Ok(pages::render(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &ResetPage::new(state, csrf, &user, token, errors),
+        )),
+        Err(ResetError::Token(problem)) => Ok(link_problem(problem)),
+        Err(ResetError::Failure(failure)) => Err(failure.into()),
+        Err(other) => Err(anyhow::anyhow!("re-checking a reset link: {other}").into()),
     }
 }

@@ -61,6 +61,7 @@ struct SecurityPage {
     layout: Layout,
     email: String,
     hint: String,
+    two_factor: bool,
     sessions: Vec<SessionRow>,
     has_others: bool,
     activity: Vec<ActivityRow>,
@@ -134,8 +135,13 @@ async fn render_page(
         email: current.user.email.clone(),
         hint: format!(
             "{} characters or more. Spaces and any characters are fine; not a common password, not your email address.",
-            state.policy.min_len_single_factor
+            if current.user.has_two_factor() {
+                state.policy.min_len_two_factor
+            } else {
+                state.policy.min_len_single_factor
+            }
         ),
+        two_factor: current.user.has_two_factor(),
         has_others: rows.iter().any(|r| !r.current),
         sessions: rows,
         activity,
@@ -162,6 +168,7 @@ fn notice_text(query: &NoticeQuery) -> Option<String> {
         )),
         "sessions-revoked" => Some(others(query.count.unwrap_or(0))),
         "session-revoked" => Some("The session was signed out.".to_owned()),
+        "two-factor-off" => Some("Two-factor authentication is off.".to_owned()),
         _ => None,
     }
 }

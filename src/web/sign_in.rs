@@ -12,10 +12,13 @@ use super::csrf::CsrfToken;
 use super::pages::{self, Errors, Layout};
 use super::{ClientOrigin, CurrentUser, WebForm};
 use crate::app::AppState;
+use std::time::Duration;
+
 use crate::auth::Failure;
 use crate::auth::session::AuthSession;
 use crate::auth::sign_in::{SignInError, sign_in};
 use crate::auth::throttle::{self, IpScope};
+use crate::auth::two_factor::{self, TwoFactorError};
 use crate::domain::SafeNext;
 use crate::error::AppError;
 use crate::store::audit::{self, EventKind};
@@ -23,6 +26,10 @@ use crate::store::audit::{self, EventKind};
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/sign-in", get(show).post(submit))
+        .route(
+            "/sign-in/two-factor",
+            get(show_second_step).post(submit_second_step),
+        )
         .route("/sign-out", post(sign_out))
 }
 
@@ -110,6 +117,12 @@ async fn submit(
         Err(failure) => Err(SignInError::Failure(failure)),
     };
     match outcome {
+        Ok(user) if user.has_two_factor() => {
+            session
+                .begin_second_step(user.id, next.as_ref().map(|n| n.as_str()))
+                .await?;
+            Ok(Redirect::to("/sign-in/two-factor").into_response())
+        }
         Ok(user) => {
             session.sign_in(user.id, &origin).await?;
             Ok(Redirect::to(next.as_ref().map_or("/", |n| n.as_str())).into_response())
@@ -118,17 +131,13 @@ async fn submit(
             Errors::one("email", "Incorrect email or password."),
             StatusCode::UNPROCESSABLE_ENTITY,
         )),
-        Err(SignInError::Failure(Failure::Throttled { retry_after })) => {
-            let message = format!(
-                "Too many attempts. Wait {} and try again.",
-                pages::describe_wait(retry_after)
-            );
-            let mut response = again(Errors::one("email", message), StatusCode::TOO_MANY_REQUESTS);
-            if let Ok(v) = HeaderValue::from_str(&retry_after.as_secs().to_string()) {
-                response.headers_mut().insert(header::RETRY_AFTER, v);
-            }
-            Ok(response)
-        }
+        Err(SignInError::Failure(Failure::Throttled { retry_after })) => Ok(throttled(
+            again(
+                Errors::one("email", wait_message(retry_after)),
+                StatusCode::TOO_MANY_REQUESTS,
+            ),
+            retry_after,
+        )),
         Err(SignInError::Failure(failure)) => Err(failure.into()),
     }
 }
@@ -151,4 +160,87 @@ async fn sign_out(
     }
     session.sign_out().await?;
     Ok(Redirect::to("/sign-in?notice=signed-out").into_response())
+}
+
+fn wait_message(retry_after: Duration) -> String {
+    format!(
+        "Too many attempts. Wait {} and try again.",
+        pages::describe_wait(retry_after)
+    )
+}
+
+fn throttled(mut response: Response, retry_after: Duration) -> Response {
+    if let Ok(v) = HeaderValue::from_str(&retry_after.as_secs().to_string()) {
+        response.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    response
+}
+
+#[derive(Template)]
+#[template(path = "sign_in_two_factor.html")]
+struct SecondStepPage {
+    layout: Layout,
+}
+
+fn second_step_page(csrf: &str, errors: Errors, status: StatusCode) -> Response {
+    pages::render(
+        status,
+        &SecondStepPage {
+            layout: Layout::new("Enter your authentication code", csrf).with_errors(errors),
+        },
+    )
+}
+
+async fn show_second_step(
+    Extension(csrf): Extension<CsrfToken>,
+    session: AuthSession,
+) -> Result<Response, AppError> {
+    if session.pending_second_step().await?.is_none() {
+        return Ok(Redirect::to("/sign-in").into_response());
+    }
+    Ok(second_step_page(&csrf.0, Errors::default(), StatusCode::OK))
+}
+
+#[derive(Deserialize)]
+struct SecondStepForm {
+    #[serde(default)]
+    totp_code: String,
+}
+
+async fn submit_second_step(
+    State(state): State<AppState>,
+    Extension(csrf): Extension<CsrfToken>,
+    ClientOrigin(origin): ClientOrigin,
+    session: AuthSession,
+    WebForm(form): WebForm<SecondStepForm>,
+) -> Result<Response, AppError> {
+    let Some((user_id, next)) = session.pending_second_step().await? else {
+        // Five minutes passed, or there was no correct password first.
+        return Ok(Redirect::to("/sign-in").into_response());
+    };
+    match two_factor::complete_sign_in(&state, user_id, &form.totp_code, &origin).await {
+        Ok(user) => {
+            session.sign_in(user.id, &origin).await?;
+            let next = next.as_deref().and_then(SafeNext::parse);
+            Ok(Redirect::to(next.as_ref().map_or("/", |n| n.as_str())).into_response())
+        }
+        Err(TwoFactorError::Failure(Failure::Throttled { retry_after })) => Ok(throttled(
+            second_step_page(
+                &csrf.0,
+                Errors::one("totp_code", wait_message(retry_after)),
+                StatusCode::TOO_MANY_REQUESTS,
+            ),
+            retry_after,
+        )),
+        Err(TwoFactorError::Failure(failure)) => Err(failure.into()),
+        Err(TwoFactorError::WrongState) => Ok(Redirect::to("/sign-in").into_response()),
+        Err(_) => Ok(second_step_page(
+            &csrf.0,
+            Errors::one(
+                "totp_code",
+                "Enter the 6-digit code from your authenticator app, or a recovery code",
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        )),
+    }
 }

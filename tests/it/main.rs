@@ -7,3 +7,4 @@ mod reset;
 mod settings;
 mod sign_in;
 mod smtp_sink;
+mod two_factor;

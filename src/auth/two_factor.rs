@@ -1,0 +1,503 @@
+//! Two-factor authentication: TOTP (RFC 6238: SHA-1, 6 digits, 30 s, ±1 step) with the
+//! secret encrypted at rest, and ten single-use recovery codes stored as keyed hashes.
+
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use hmac::{Hmac, Mac};
+use rand::RngCore;
+use rand::rngs::OsRng;
+use secrecy::SecretString;
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+use totp_rs::{Algorithm, TOTP};
+use uuid::Uuid;
+
+use super::passwords::Verified;
+use super::{Failure, Origin, throttle};
+use crate::app::AppState;
+use crate::domain::password::{NewPassword, PolicyContext, PolicyViolation, normalize};
+use crate::mail::{messages, outbox};
+use crate::store::audit::{self, EventKind};
+use crate::store::users::{self, User};
+use crate::store::{reset_tokens, two_factor as store};
+
+const SECRET_BYTES: usize = 20;
+const STEP_SECS: u64 = 30;
+const RECOVERY_CODES: usize = 10;
+/// Letters and digits that cannot be mistaken for one another when copied by hand.
+const RECOVERY_ALPHABET: &[u8] = b"abcdefghjkmnpqrstuvwxyz23456789";
+
+/// A TOTP secret in the clear, only ever in memory.
+pub struct TotpSecret(Vec<u8>);
+
+impl TotpSecret {
+    fn generate() -> TotpSecret {
+        let mut bytes = vec![0u8; SECRET_BYTES];
+        OsRng.fill_bytes(&mut bytes);
+        TotpSecret(bytes)
+    }
+
+    /// Uppercase base32 without padding, as authenticator apps take it.
+    pub fn base32(&self) -> String {
+        base32_encode(&self.0)
+    }
+
+    fn totp(&self, email: &str) -> anyhow::Result<TOTP> {
+        TOTP::new(
+            Algorithm::SHA1,
+            6,
+            1,
+            STEP_SECS,
+            self.0.clone(),
+            Some("latchkey".to_owned()),
+            email.replace(':', ""),
+        )
+        .map_err(|e| anyhow::anyhow!("building the TOTP: {e}"))
+    }
+
+    /// The `otpauth://` URI the QR code carries.
+    pub fn uri(&self, email: &str) -> anyhow::Result<String> {
+        Ok(self.totp(email)?.get_url())
+    }
+
+    /// The step whose code matches `code` within ±1 step of now.
+    fn matching_step(&self, email: &str, code: &str) -> anyhow::Result<Option<i64>> {
+        let totp = self.totp(email)?;
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let current = now.div_euclid(STEP_SECS as i64);
+        for step in [current - 1, current, current + 1] {
+            let expected = totp.generate((step.max(0) as u64) * STEP_SECS);
+            if bool::from(expected.as_bytes().ct_eq(code.as_bytes())) {
+                return Ok(Some(step));
+            }
+        }
+        Ok(None)
+    }
+}
+
+fn base32_encode(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let mut out = String::new();
+    let (mut buffer, mut bits) = (0u32, 0u32);
+    for &byte in bytes {
+        buffer = (buffer << 8) | u32::from(byte);
+        bits += 8;
+        while bits >= 5 {
+            bits -= 5;
+            out.push(char::from(ALPHABET[((buffer >> bits) & 31) as usize]));
+        }
+    }
+    if bits > 0 {
+        out.push(char::from(ALPHABET[((buffer << (5 - bits)) & 31) as usize]));
+    }
+    out
+}
+
+/// Encrypts a secret for the database, bound to its account.
+fn seal(key: &[u8; 32], user_id: Uuid, secret: &TotpSecret) -> anyhow::Result<Vec<u8>> {
+    let cipher = XChaCha20Poly1305::new(key.into());
+    let mut nonce = [0u8; 24];
+    OsRng.fill_bytes(&mut nonce);
+    let sealed = cipher
+        .encrypt(
+            XNonce::from_slice(&nonce),
+            Payload {
+                msg: &secret.0,
+                aad: user_id.as_bytes(),
+            },
+        )
+        .map_err(|_| anyhow::anyhow!("encrypting a TOTP secret"))?;
+    Ok([nonce.as_slice(), &sealed].concat())
+}
+
+fn open(key: &[u8; 32], user_id: Uuid, sealed: &[u8]) -> anyhow::Result<TotpSecret> {
+    if sealed.len() < 24 {
+        anyhow::bail!("stored TOTP secret is truncated");
+    }
+    let (nonce, ciphertext) = sealed.split_at(24);
+    let cipher = XChaCha20Poly1305::new(key.into());
+    let secret = cipher
+        .decrypt(
+            XNonce::from_slice(nonce),
+            Payload {
+                msg: ciphertext,
+                aad: user_id.as_bytes(),
+            },
+        )
+        .map_err(|_| anyhow::anyhow!("decrypting a TOTP secret (wrong LATCHKEY_SECRET_KEY?)"))?;
+    Ok(TotpSecret(secret))
+}
+
+/// A recovery code as typed: spaces, dashes and case do not matter.
+fn normalize_code(code: &str) -> String {
+    code.chars()
+        .filter(|c| !c.is_whitespace() && *c != '-')
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+fn recovery_hash(key: &[u8; 32], user_id: Uuid, code: &str) -> Vec<u8> {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key)
+        .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+    mac.update(user_id.as_bytes());
+    mac.update(normalize_code(code).as_bytes());
+    mac.finalize().into_bytes().to_vec()
+}
+
+/// Ten new codes like `k7m2-x9qp-4hzt` (60 bits each).
+fn generate_recovery_codes() -> Vec<String> {
+    (0..RECOVERY_CODES)
+        .map(|_| {
+            let mut bytes = [0u8; 12];
+            OsRng.fill_bytes(&mut bytes);
+            let chars: Vec<char> = bytes
+                .iter()
+                .map(|b| char::from(RECOVERY_ALPHABET[usize::from(*b) % RECOVERY_ALPHABET.len()]))
+                .collect();
+            chars
+                .chunks(4)
+                .map(|c| c.iter().collect::<String>())
+                .collect::<Vec<_>>()
+                .join("-")
+        })
+        .collect()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TwoFactorError {
+    #[error("the current password is wrong")]
+    WrongPassword,
+    #[error("the code is wrong")]
+    WrongCode,
+    /// Turning two-factor off would leave a password shorter than the single-factor minimum.
+    #[error("a new password is needed first")]
+    NeedsNewPassword,
+    #[error("the new password does not meet the policy")]
+    Policy(PolicyViolation),
+    #[error("two-factor authentication is not in the expected state")]
+    WrongState,
+    #[error(transparent)]
+    Failure(#[from] Failure),
+}
+
+impl From<anyhow::Error> for TwoFactorError {
+    fn from(e: anyhow::Error) -> Self {
+        TwoFactorError::Failure(Failure::Unexpected(e))
+    }
+}
+
+impl From<sqlx::Error> for TwoFactorError {
+    fn from(e: sqlx::Error) -> Self {
+        anyhow::Error::from(e).into()
+    }
+}
+
+/// The secret to show on the setup page: the pending one, or a new one.
+pub async fn pending_secret(state: &AppState, user: &User) -> anyhow::Result<TotpSecret> {
+    let row = store::load(&state.pool, user.id).await?;
+    if let Some(sealed) = row.totp_pending_enc {
+        if let Ok(secret) = open(&state.keys.totp, user.id, &sealed) {
+            return Ok(secret);
+        }
+    }
+    let secret = TotpSecret::generate();
+    store::set_pending(
+        &state.pool,
+        user.id,
+        &seal(&state.keys.totp, user.id, &secret)?,
+    )
+    .await?;
+    Ok(secret)
+}
+
+/// Checks a `totp_code` field: a current code (each accepted once) or an unused recovery
+/// code (used up now). Wrong codes count as failed sign-ins for the account's throttle.
+pub async fn check_code(state: &AppState, user: &User, code: &str) -> Result<(), TwoFactorError> {
+    let key = user.email.to_lowercase();
+    throttle::check_account(state, &key).await?;
+    if verify_code(state, user, code).await? {
+        return Ok(());
+    }
+    throttle::record_failure(state, &key).await?;
+    Err(TwoFactorError::WrongCode)
+}
+
+async fn verify_code(state: &AppState, user: &User, code: &str) -> anyhow::Result<bool> {
+    let digits: String = code.chars().filter(|c| !c.is_whitespace()).collect();
+    if digits.len() == 6 && digits.bytes().all(|b| b.is_ascii_digit()) {
+        let row = store::load(&state.pool, user.id).await?;
+        let Some(sealed) = row.totp_secret_enc else {
+            return Ok(false);
+        };
+        let secret = open(&state.keys.totp, user.id, &sealed)?;
+        return match secret.matching_step(&user.email, &digits)? {
+            Some(step) => store::claim_step(&state.pool, user.id, step).await,
+            None => Ok(false),
+        };
+    }
+    let normalized = normalize_code(code);
+    if normalized.is_empty() || normalized.len() > 64 {
+        return Ok(false);
+    }
+    store::use_recovery_code(
+        &state.pool,
+        user.id,
+        &recovery_hash(&state.keys.recovery, user.id, &normalized),
+    )
+    .await
+}
+
+async fn check_password(
+    state: &AppState,
+    user: &User,
+    password: &str,
+) -> Result<(), TwoFactorError> {
+    let key = user.email.to_lowercase();
+    throttle::check_account(state, &key).await?;
+    let verified = state
+        .hasher
+        .verify(
+            SecretString::from(normalize(password)),
+            Some(user.password_hash.clone()),
+        )
+        .await
+        .map_err(Failure::from)?;
+    if verified == Verified::No {
+        throttle::record_failure(state, &key).await?;
+        return Err(TwoFactorError::WrongPassword);
+    }
+    Ok(())
+}
+
+async fn notify(
+    state: &AppState,
+    conn: &mut sqlx::PgConnection,
+    user: &User,
+    kind: EventKind,
+    origin: &Origin,
+) -> anyhow::Result<()> {
+    audit::record(
+        &mut *conn,
+        kind,
+        Some(user.id),
+        Some(&user.email),
+        origin,
+        None,
+    )
+    .await?;
+    let mail = messages::security_change(&user.email, state.config.public_base(), kind, origin)?;
+    outbox::enqueue(conn, &mail).await?;
+    Ok(())
+}
+
+/// Turns two-factor on with the pending secret; returns the recovery codes to show once.
+pub async fn enable(
+    state: &AppState,
+    user: &User,
+    password: &str,
+    code: &str,
+    origin: &Origin,
+) -> Result<Vec<String>, TwoFactorError> {
+    if user.has_two_factor() {
+        return Err(TwoFactorError::WrongState);
+    }
+    check_password(state, user, password).await?;
+    let row = store::load(&state.pool, user.id).await?;
+    let Some(sealed) = row.totp_pending_enc else {
+        return Err(TwoFactorError::WrongState);
+    };
+    let secret = open(&state.keys.totp, user.id, &sealed)?;
+    let digits: String = code.chars().filter(|c| !c.is_whitespace()).collect();
+    let Some(step) = secret.matching_step(&user.email, &digits)? else {
+        throttle::record_failure(state, &user.email.to_lowercase()).await?;
+        return Err(TwoFactorError::WrongCode);
+    };
+    let codes = generate_recovery_codes();
+    let hashes: Vec<Vec<u8>> = codes
+        .iter()
+        .map(|c| recovery_hash(&state.keys.recovery, user.id, c))
+        .collect();
+    let mut tx = state.pool.begin().await?;
+    store::enable(&mut tx, user.id, &sealed, step).await?;
+    store::replace_recovery_codes(&mut tx, user.id, &hashes).await?;
+    notify(state, &mut tx, user, EventKind::TwoFactorEnabled, origin).await?;
+    tx.commit().await?;
+    state.outbox.notify();
+    Ok(codes)
+}
+
+/// New recovery codes; the old ones stop working.
+pub async fn regenerate_recovery_codes(
+    state: &AppState,
+    user: &User,
+    password: &str,
+    code: &str,
+    origin: &Origin,
+) -> Result<Vec<String>, TwoFactorError> {
+    if !user.has_two_factor() {
+        return Err(TwoFactorError::WrongState);
+    }
+    check_password(state, user, password).await?;
+    check_code(state, user, code).await?;
+    let codes = generate_recovery_codes();
+    let hashes: Vec<Vec<u8>> = codes
+        .iter()
+        .map(|c| recovery_hash(&state.keys.recovery, user.id, c))
+        .collect();
+    let mut tx = state.pool.begin().await?;
+    store::replace_recovery_codes(&mut tx, user.id, &hashes).await?;
+    notify(
+        state,
+        &mut tx,
+        user,
+        EventKind::RecoveryCodesRegenerated,
+        origin,
+    )
+    .await?;
+    tx.commit().await?;
+    state.outbox.notify();
+    Ok(codes)
+}
+
+/// Turns two-factor off. When the current password is shorter than the single-factor
+/// minimum, a new password must come with the request and is set in the same transaction.
+pub async fn disable(
+    state: &AppState,
+    user: &User,
+    password: &str,
+    code: &str,
+    new_password: Option<(&str, &str)>,
+    origin: &Origin,
+) -> Result<(), TwoFactorError> {
+    if !user.has_two_factor() {
+        return Err(TwoFactorError::WrongState);
+    }
+    check_password(state, user, password).await?;
+    let short = normalize(password).chars().count() < state.policy.min_len_single_factor;
+    let replacement = match (short, new_password) {
+        (false, _) => None,
+        (true, None) => return Err(TwoFactorError::NeedsNewPassword),
+        (true, Some((new, confirm))) => {
+            let ctx = PolicyContext {
+                email: &user.email,
+                two_factor: false,
+            };
+            let parsed = NewPassword::parse(&state.policy, &ctx, new, confirm)
+                .map_err(TwoFactorError::Policy)?;
+            Some(parsed)
+        }
+    };
+    check_code(state, user, code).await?;
+    let hash = match replacement {
+        Some(password) => Some(
+            state
+                .hasher
+                .hash(SecretString::from(password.expose().to_owned()))
+                .await
+                .map_err(Failure::from)?,
+        ),
+        None => None,
+    };
+    let mut tx = state.pool.begin().await?;
+    store::disable(&mut tx, user.id).await?;
+    if let Some(hash) = hash {
+        users::set_password(&mut tx, user.id, &hash).await?;
+        reset_tokens::void_for_user(&mut tx, user.id).await?;
+    }
+    notify(state, &mut tx, user, EventKind::TwoFactorDisabled, origin).await?;
+    tx.commit().await?;
+    state.outbox.notify();
+    Ok(())
+}
+
+/// The second step of signing in: a correct code completes it, clears the account's
+/// failed attempts and records the sign-in.
+pub async fn complete_sign_in(
+    state: &AppState,
+    user_id: Uuid,
+    code: &str,
+    origin: &Origin,
+) -> Result<User, TwoFactorError> {
+    let user = users::find_by_id(&state.pool, user_id)
+        .await?
+        .ok_or(TwoFactorError::WrongState)?;
+    if let Err(err) = check_code(state, &user, code).await {
+        if matches!(err, TwoFactorError::WrongCode) {
+            audit::record(
+                &state.pool,
+                EventKind::SignInFailed,
+                Some(user.id),
+                Some(&user.email),
+                origin,
+                Some("wrong two-factor code"),
+            )
+            .await?;
+        }
+        return Err(err);
+    }
+    throttle::clear(state, &user.email.to_lowercase()).await?;
+    audit::record(
+        &state.pool,
+        EventKind::SignIn,
+        Some(user.id),
+        Some(&user.email),
+        origin,
+        None,
+    )
+    .await?;
+    metrics::counter!("latchkey_sign_in_total", "outcome" => "success").increment(1);
+    Ok(user)
+}
+
+pub async fn unused_recovery_codes(state: &AppState, user: &User) -> anyhow::Result<i64> {
+    store::unused_recovery_codes(&state.pool, user.id).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base32_matches_rfc_4648() {
+        assert_eq!(base32_encode(b"foobar"), "MZXW6YTBOI");
+        assert_eq!(base32_encode(b"f"), "MY");
+    }
+
+    #[test]
+    fn a_sealed_secret_opens_only_for_its_account_and_key() {
+        let key = [3u8; 32];
+        let user = Uuid::new_v4();
+        let secret = TotpSecret::generate();
+        let sealed = seal(&key, user, &secret).expect("seal");
+        assert!(
+            !sealed
+                .windows(SECRET_BYTES)
+                .any(|w| w == secret.0.as_slice())
+        );
+        assert_eq!(open(&key, user, &sealed).expect("open").0, secret.0);
+        assert!(open(&key, Uuid::new_v4(), &sealed).is_err());
+        assert!(open(&[4u8; 32], user, &sealed).is_err());
+        assert!(open(&key, user, &sealed[..10]).is_err());
+    }
+
+    #[test]
+    fn recovery_codes_are_ten_distinct_readable_codes() {
+        let codes = generate_recovery_codes();
+        assert_eq!(codes.len(), 10);
+        let mut unique = codes.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), 10);
+        assert!(
+            codes
+                .iter()
+                .all(|c| c.len() == 14 && c.matches('-').count() == 2)
+        );
+        let key = [5u8; 32];
+        let user = Uuid::new_v4();
+        assert_eq!(
+            recovery_hash(&key, user, &codes[0]),
+            recovery_hash(&key, user, &codes[0].to_uppercase().replace('-', " "))
+        );
+    }
+}
