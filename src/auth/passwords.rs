@@ -12,6 +12,7 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::oneshot;
 
 use crate::config::Argon2Config;
+use crate::domain::password::MAX_PASSWORD_BYTES;
 
 /// Every job waiting for or running on a hashing thread; a full queue means 503.
 type Job = Box<dyn FnOnce(&Argon2<'static>) + Send>;
@@ -98,6 +99,10 @@ impl Hasher {
         password: SecretString,
         stored: Option<String>,
     ) -> Result<Verified, HashError> {
+        // Longer than any password we accept: refuse before spending a hash on it.
+        if password.expose_secret().len() > MAX_PASSWORD_BYTES {
+            return Ok(Verified::No);
+        }
         let (stored, real) = match stored {
             Some(hash) => (hash, true),
             None => (self.inner.dummy_hash.clone(), false),

@@ -588,3 +588,39 @@ async fn a_failed_and_a_successful_sign_in_are_audited() {
         1
     );
 }
+
+#[tokio::test]
+async fn an_idle_session_expires_on_the_server() {
+    let app = TestApp::spawn_with(|c| c.session.idle_timeout_secs = 1).await;
+    app.create_user("alice@example.com", PASSWORD).await;
+    let browser = app.browser();
+    browser.sign_in("alice@example.com", PASSWORD).await;
+    assert_status(&browser.get("/").await, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_status(&browser.get("/").await, StatusCode::SEE_OTHER);
+}
+
+#[tokio::test]
+async fn an_absurdly_long_current_password_is_simply_wrong() {
+    let app = TestApp::spawn().await;
+    app.create_user("alice@example.com", PASSWORD).await;
+    let browser = app.browser();
+    browser.sign_in("alice@example.com", PASSWORD).await;
+    let huge = "x".repeat(4000);
+    let response = browser
+        .submit(
+            "/settings/security",
+            "/settings/security/password",
+            &[
+                ("current_password", &huge),
+                ("new_password", NEW_PASSWORD),
+                ("new_password_confirm", NEW_PASSWORD),
+            ],
+        )
+        .await;
+    assert_status(&response, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_status(
+        &app.browser().sign_in("alice@example.com", &huge).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    );
+}
