@@ -3,9 +3,8 @@
 use secrecy::SecretString;
 use uuid::Uuid;
 
-use super::passwords::Verified;
 use super::session::AuthSession;
-use super::{Failure, Origin, throttle};
+use super::{Failure, Origin, confirm_password, throttle};
 use crate::app::AppState;
 use crate::domain::password::{NewPassword, PolicyContext, PolicyViolation, normalize};
 use crate::mail::{messages, outbox};
@@ -58,28 +57,15 @@ pub async fn change_password(
     let password = NewPassword::parse(&state.policy, &ctx, new_password, confirm)
         .map_err(ChangeError::Policy)?;
 
-    // A stolen session must not make this form a free password oracle.
-    let key = user.email.to_lowercase();
-    throttle::check_account(state, &key).await?;
-    let verified = state
-        .hasher
-        .verify(
-            SecretString::from(normalize(current)),
-            Some(user.password_hash.clone()),
-        )
-        .await
-        .map_err(Failure::from)?;
-    if verified == Verified::No {
-        throttle::record_failure(state, &key).await?;
-        audit::record(
-            &state.pool,
-            EventKind::SignInFailed,
-            Some(user.id),
-            Some(&user.email),
-            origin,
-            Some("wrong current password on change password"),
-        )
-        .await?;
+    if !confirm_password(
+        state,
+        &user,
+        current,
+        origin,
+        "wrong current password on change password",
+    )
+    .await?
+    {
         return Err(ChangeError::WrongCurrent);
     }
     if password.expose() == normalize(current) {
@@ -115,7 +101,7 @@ pub async fn change_password(
     outbox::enqueue(&mut tx, &mail).await?;
     tx.commit().await?;
     state.outbox.notify();
-    throttle::clear(state, &key).await?;
+    throttle::clear(state, &user.email.to_lowercase()).await?;
     session.rotate().await?;
     Ok(signed_out)
 }

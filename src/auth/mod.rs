@@ -33,3 +33,40 @@ impl From<passwords::HashError> for Failure {
         }
     }
 }
+
+/// Checks a signed-in person's current password (change password, two-factor settings).
+/// It is throttled like a sign-in and a wrong one counts as a failed sign-in, so a
+/// stolen session cannot turn these forms into a free password oracle. A wrong
+/// password is audited with `what` as the detail.
+pub async fn confirm_password(
+    state: &crate::app::AppState,
+    user: &crate::store::users::User,
+    password: &str,
+    origin: &Origin,
+    what: &str,
+) -> Result<bool, Failure> {
+    use crate::store::audit::{self, EventKind};
+    let key = user.email.to_lowercase();
+    throttle::check_account(state, &key).await?;
+    let verified = state
+        .hasher
+        .verify(
+            secrecy::SecretString::from(crate::domain::password::normalize(password)),
+            Some(user.password_hash.clone()),
+        )
+        .await?;
+    if verified == passwords::Verified::No {
+        throttle::record_failure(state, &key).await?;
+        audit::record(
+            &state.pool,
+            EventKind::SignInFailed,
+            Some(user.id),
+            Some(&user.email),
+            origin,
+            Some(what),
+        )
+        .await?;
+        return Ok(false);
+    }
+    Ok(true)
+}

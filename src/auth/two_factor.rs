@@ -12,8 +12,7 @@ use subtle::ConstantTimeEq;
 use totp_rs::{Algorithm, TOTP};
 use uuid::Uuid;
 
-use super::passwords::Verified;
-use super::{Failure, Origin, throttle};
+use super::{Failure, Origin, confirm_password, throttle};
 use crate::app::AppState;
 use crate::domain::password::{NewPassword, PolicyContext, PolicyViolation, normalize};
 use crate::mail::{messages, outbox};
@@ -251,22 +250,21 @@ async fn check_password(
     state: &AppState,
     user: &User,
     password: &str,
+    origin: &Origin,
 ) -> Result<(), TwoFactorError> {
-    let key = user.email.to_lowercase();
-    throttle::check_account(state, &key).await?;
-    let verified = state
-        .hasher
-        .verify(
-            SecretString::from(normalize(password)),
-            Some(user.password_hash.clone()),
-        )
-        .await
-        .map_err(Failure::from)?;
-    if verified == Verified::No {
-        throttle::record_failure(state, &key).await?;
-        return Err(TwoFactorError::WrongPassword);
+    if confirm_password(
+        state,
+        user,
+        password,
+        origin,
+        "wrong password on two-factor settings",
+    )
+    .await?
+    {
+        Ok(())
+    } else {
+        Err(TwoFactorError::WrongPassword)
     }
-    Ok(())
 }
 
 async fn notify(
@@ -301,7 +299,7 @@ pub async fn enable(
     if user.has_two_factor() {
         return Err(TwoFactorError::WrongState);
     }
-    check_password(state, user, password).await?;
+    check_password(state, user, password, origin).await?;
     let row = store::load(&state.pool, user.id).await?;
     let Some(sealed) = row.totp_pending_enc else {
         return Err(TwoFactorError::WrongState);
@@ -337,7 +335,7 @@ pub async fn regenerate_recovery_codes(
     if !user.has_two_factor() {
         return Err(TwoFactorError::WrongState);
     }
-    check_password(state, user, password).await?;
+    check_password(state, user, password, origin).await?;
     check_code(state, user, code).await?;
     let codes = generate_recovery_codes();
     let hashes: Vec<Vec<u8>> = codes
@@ -372,7 +370,7 @@ pub async fn disable(
     if !user.has_two_factor() {
         return Err(TwoFactorError::WrongState);
     }
-    check_password(state, user, password).await?;
+    check_password(state, user, password, origin).await?;
     let short = normalize(password).chars().count() < state.policy.min_len_single_factor;
     let replacement = match (short, new_password) {
         (false, _) => None,
