@@ -1,6 +1,8 @@
 //! Settings → Security → Change password, for a signed-in person who knows the current one.
 
 use secrecy::SecretString;
+use sqlx::PgConnection;
+use tower_sessions::session::Id;
 use uuid::Uuid;
 
 use super::session::AuthSession;
@@ -9,7 +11,8 @@ use crate::app::AppState;
 use crate::domain::password::{NewPassword, PolicyContext, PolicyViolation, normalize};
 use crate::mail::{messages, outbox};
 use crate::store::audit::{self, EventKind};
-use crate::store::{reset_tokens, sessions, users};
+use crate::store::users::{self, User};
+use crate::store::{reset_tokens, sessions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChangeError {
@@ -79,29 +82,66 @@ pub async fn change_password(
 
     let current_id = session.id();
     let mut tx = state.pool.begin().await?;
-    users::set_password(&mut tx, user.id, &hash).await?;
-    reset_tokens::void_for_user(&mut tx, user.id).await?;
-    let signed_out = sessions::delete_for_user(&mut tx, user.id, current_id.as_ref()).await?;
+    let signed_out = store_new_password(
+        state,
+        &mut tx,
+        &user,
+        &hash,
+        How::Change {
+            keep: current_id.as_ref(),
+        },
+        origin,
+    )
+    .await?;
+    tx.commit().await?;
+    state.outbox.notify();
+    throttle::clear(state, &user.email.to_lowercase()).await?;
+    session.rotate().await?;
+    Ok(signed_out)
+}
+
+/// How a password is being replaced.
+pub(crate) enum How<'a> {
+    /// By the signed-in person: their current session (`keep`) goes on.
+    Change { keep: Option<&'a Id> },
+    /// Through an emailed link: every session goes.
+    Reset,
+}
+
+/// The part of a password change that must happen together, inside the caller's
+/// transaction: new hash, outstanding reset links void, sessions signed out, the audit
+/// event and the notification mail. Returns how many sessions were signed out.
+pub(crate) async fn store_new_password(
+    state: &AppState,
+    tx: &mut PgConnection,
+    user: &User,
+    hash: &str,
+    how: How<'_>,
+    origin: &Origin,
+) -> anyhow::Result<u64> {
+    users::set_password(&mut *tx, user.id, hash).await?;
+    reset_tokens::void_for_user(&mut *tx, user.id).await?;
+    let (keep, kind, by_reset) = match how {
+        How::Change { keep } => (keep, EventKind::PasswordChanged, false),
+        How::Reset => (None, EventKind::ResetCompleted, true),
+    };
+    let signed_out = sessions::delete_for_user(&mut *tx, user.id, keep).await?;
     audit::record(
         &mut *tx,
-        EventKind::PasswordChanged,
+        kind,
         Some(user.id),
         Some(&user.email),
         origin,
-        Some(&format!("{signed_out} other sessions signed out")),
+        Some(&format!("{signed_out} sessions signed out")),
     )
     .await?;
     let mail = messages::password_changed(
         &user.email,
         state.config.public_base(),
-        false,
+        by_reset,
         signed_out,
         origin,
     )?;
-    outbox::enqueue(&mut tx, &mail).await?;
-    tx.commit().await?;
-    state.outbox.notify();
-    throttle::clear(state, &user.email.to_lowercase()).await?;
-    session.rotate().await?;
+    outbox::enqueue(&mut *tx, &mail).await?;
     Ok(signed_out)
 }

@@ -2,6 +2,7 @@
 
 use secrecy::SecretString;
 
+use super::change::{How, store_new_password};
 use super::two_factor::{self, TwoFactorError};
 use super::{Failure, Origin};
 use crate::app::AppState;
@@ -11,7 +12,7 @@ use crate::domain::token::ResetToken;
 use crate::mail::{messages, outbox};
 use crate::store::audit::{self, EventKind};
 use crate::store::reset_tokens::{self, TokenState};
-use crate::store::{sessions, users};
+use crate::store::users;
 
 /// Issues a token and queues its mail, if the address has an account and has not had too
 /// many links this hour. Says nothing about which happened: the caller answers the same
@@ -167,26 +168,7 @@ pub async fn complete_reset(
     if reset_tokens::consume(&mut tx, &digest).await?.is_none() {
         return Err(ResetError::Token(TokenProblem::Used));
     }
-    users::set_password(&mut tx, user.id, &hash).await?;
-    reset_tokens::void_for_user(&mut tx, user.id).await?;
-    let signed_out = sessions::delete_for_user(&mut tx, user.id, None).await?;
-    audit::record(
-        &mut *tx,
-        EventKind::ResetCompleted,
-        Some(user.id),
-        Some(&user.email),
-        origin,
-        Some(&format!("{signed_out} sessions signed out")),
-    )
-    .await?;
-    let mail = messages::password_changed(
-        &user.email,
-        state.config.public_base(),
-        true,
-        signed_out,
-        origin,
-    )?;
-    outbox::enqueue(&mut tx, &mail).await?;
+    store_new_password(state, &mut tx, &user, &hash, How::Reset, origin).await?;
     tx.commit().await?;
     state.outbox.notify();
     Ok(())

@@ -12,13 +12,15 @@ use subtle::ConstantTimeEq;
 use totp_rs::{Algorithm, TOTP};
 use uuid::Uuid;
 
+use super::change::{How, store_new_password};
 use super::{Failure, Origin, confirm_password, throttle};
 use crate::app::AppState;
 use crate::domain::password::{NewPassword, PolicyContext, PolicyViolation, normalize};
 use crate::mail::{messages, outbox};
 use crate::store::audit::{self, EventKind};
+use crate::store::two_factor as store;
 use crate::store::users::{self, User};
-use crate::store::{reset_tokens, two_factor as store};
+use tower_sessions::session::Id;
 
 const SECRET_BYTES: usize = 20;
 const STEP_SECS: u64 = 30;
@@ -358,10 +360,12 @@ pub async fn regenerate_recovery_codes(
 }
 
 /// Turns two-factor off. When the current password is shorter than the single-factor
-/// minimum, a new password must come with the request and is set in the same transaction.
+/// minimum, a new password must come with the request and is set in the same transaction,
+/// as a password change: every session but `current_session` is signed out.
 pub async fn disable(
     state: &AppState,
     user: &User,
+    current_session: Option<&Id>,
     password: &str,
     code: &str,
     new_password: Option<(&str, &str)>,
@@ -399,8 +403,10 @@ pub async fn disable(
     let mut tx = state.pool.begin().await?;
     store::disable(&mut tx, user.id).await?;
     if let Some(hash) = hash {
-        users::set_password(&mut tx, user.id, &hash).await?;
-        reset_tokens::void_for_user(&mut tx, user.id).await?;
+        let how = How::Change {
+            keep: current_session,
+        };
+        store_new_password(state, &mut tx, user, &hash, how, origin).await?;
     }
     notify(state, &mut tx, user, EventKind::TwoFactorDisabled, origin).await?;
     tx.commit().await?;

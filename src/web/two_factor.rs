@@ -294,6 +294,7 @@ async fn disable(
     match two_factor::disable(
         &state,
         &current.user,
+        current.session.id().as_ref(),
         &form.current_password,
         &form.totp_code,
         new_password,
