@@ -624,3 +624,59 @@ async fn an_absurdly_long_current_password_is_simply_wrong() {
         StatusCode::UNPROCESSABLE_ENTITY,
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_hashing_queue_answers_503_instead_of_piling_up() {
+    let app = TestApp::spawn_with(|c| {
+        // One slow hashing thread (≈ 0.5 s a hash) and room for one waiting job, so
+        // a burst of twelve cannot all be served and must not pile up either.
+        c.argon2.threads = 1;
+        c.argon2.queue = 1;
+        c.argon2.iterations = 50;
+    })
+    .await;
+    app.create_user("alice@example.com", PASSWORD).await;
+    let browser = app.browser();
+    let token = browser.csrf_token("/sign-in").await;
+    // Collected first: spawning lazily inside the loop below would send them one by one.
+    let attempts: Vec<_> = (0..12)
+        .map(|i| {
+            let client = browser.client.clone();
+            let url = browser.url("/sign-in");
+            let token = token.clone();
+            tokio::spawn(async move {
+                let email = format!("user{i}@example.com");
+                client
+                    .post(url)
+                    .form(&[
+                        ("email", email.as_str()),
+                        ("password", PASSWORD),
+                        ("csrf_token", &token),
+                    ])
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for attempt in attempts {
+        statuses.push(attempt.await.unwrap());
+    }
+    assert!(
+        statuses.contains(&StatusCode::SERVICE_UNAVAILABLE),
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(
+            |s| *s == StatusCode::SERVICE_UNAVAILABLE || *s == StatusCode::UNPROCESSABLE_ENTITY
+        ),
+        "{statuses:?}"
+    );
+    // Once the burst is over, sign-in works again.
+    assert_status(
+        &browser.sign_in("alice@example.com", PASSWORD).await,
+        StatusCode::SEE_OTHER,
+    );
+}
