@@ -8,7 +8,7 @@ use uuid::Uuid;
 use super::session::AuthSession;
 use super::{Failure, Origin, confirm_password, throttle};
 use crate::app::AppState;
-use crate::domain::password::{NewPassword, PolicyContext, PolicyViolation, normalize};
+use crate::domain::password::{PolicyContext, PolicyViolation, normalize};
 use crate::mail::{messages, outbox};
 use crate::store::audit::{self, EventKind};
 use crate::store::users::{self, User};
@@ -57,7 +57,8 @@ pub async fn change_password(
         email: &user.email,
         two_factor: user.has_two_factor(),
     };
-    let password = NewPassword::parse(&state.policy, &ctx, new_password, confirm)
+    let password = super::check_new_password(state, &ctx, new_password, confirm)
+        .await?
         .map_err(ChangeError::Policy)?;
 
     if !confirm_password(

@@ -12,6 +12,8 @@ use std::time::Duration;
 
 pub use crate::store::audit::Origin;
 
+use crate::domain::password::{NewPassword, PolicyContext, PolicyViolation};
+
 /// The failures every account flow can meet besides its own.
 #[derive(Debug, thiserror::Error)]
 pub enum Failure {
@@ -69,4 +71,34 @@ pub async fn confirm_password(
         return Ok(false);
     }
     Ok(true)
+}
+
+/// Applies the password policy to a new password and its confirmation, off the async
+/// runtime's worker threads: zxcvbn can take tens of milliseconds on hostile input.
+pub async fn check_new_password(
+    state: &crate::app::AppState,
+    ctx: &PolicyContext<'_>,
+    new_password: &str,
+    confirm: &str,
+) -> Result<Result<NewPassword, PolicyViolation>, Failure> {
+    let policy = state.policy.clone();
+    let email = ctx.email.to_owned();
+    let two_factor = ctx.two_factor;
+    let new_password = secrecy::SecretString::from(new_password.to_owned());
+    let confirm = secrecy::SecretString::from(confirm.to_owned());
+    tokio::task::spawn_blocking(move || {
+        use secrecy::ExposeSecret;
+        let ctx = PolicyContext {
+            email: &email,
+            two_factor,
+        };
+        NewPassword::parse(
+            &policy,
+            &ctx,
+            new_password.expose_secret(),
+            confirm.expose_secret(),
+        )
+    })
+    .await
+    .map_err(|e| Failure::Unexpected(anyhow::anyhow!("checking a new password: {e}")))
 }

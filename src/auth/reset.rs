@@ -7,7 +7,7 @@ use super::two_factor::{self, TwoFactorError};
 use super::{Failure, Origin};
 use crate::app::AppState;
 use crate::domain::EmailAddress;
-use crate::domain::password::{NewPassword, PolicyContext, PolicyViolation};
+use crate::domain::password::{PolicyContext, PolicyViolation};
 use crate::domain::token::ResetToken;
 use crate::mail::{messages, outbox};
 use crate::store::audit::{self, EventKind};
@@ -130,7 +130,8 @@ pub async fn complete_reset(
         email: &user.email,
         two_factor: user.has_two_factor(),
     };
-    let password = NewPassword::parse(&state.policy, &ctx, new_password, confirm)
+    let password = super::check_new_password(state, &ctx, new_password, confirm)
+        .await?
         .map_err(ResetError::Policy)?;
     let digest = ResetToken::parse(token)
         .ok_or(ResetError::Token(TokenProblem::Invalid))?

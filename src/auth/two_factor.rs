@@ -15,7 +15,7 @@ use uuid::Uuid;
 use super::change::{How, store_new_password};
 use super::{Failure, Origin, confirm_password, throttle};
 use crate::app::AppState;
-use crate::domain::password::{NewPassword, PolicyContext, PolicyViolation, normalize};
+use crate::domain::password::{PolicyContext, PolicyViolation, normalize};
 use crate::mail::{messages, outbox};
 use crate::store::audit::{self, EventKind};
 use crate::store::two_factor as store;
@@ -384,7 +384,8 @@ pub async fn disable(
                 email: &user.email,
                 two_factor: false,
             };
-            let parsed = NewPassword::parse(&state.policy, &ctx, new, confirm)
+            let parsed = super::check_new_password(state, &ctx, new, confirm)
+                .await?
                 .map_err(TwoFactorError::Policy)?;
             Some(parsed)
         }
