@@ -8,6 +8,7 @@ pub mod headers;
 pub mod health;
 pub mod home;
 pub mod pages;
+pub mod password_strength;
 pub mod reset_password;
 pub mod settings_security;
 pub mod sign_in;
