@@ -14,7 +14,14 @@ use crate::config::LogFormat;
 
 /// Installs the global subscriber; later calls (tests start many apps) do nothing.
 pub fn init(filter: &str, format: LogFormat) {
-    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    // Postgres notices ("relation … already exists, skipping" at every start-up) are
+    // noise at info; a filter that names sqlx itself still decides for sqlx.
+    let filter = if filter.contains("sqlx") {
+        filter.to_owned()
+    } else {
+        format!("{filter},sqlx::postgres::notice=warn")
+    };
+    let filter = EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
