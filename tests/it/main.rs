@@ -2,9 +2,12 @@
 //! database per test, real SMTP to a local sink, driven over HTTP with a cookie jar.
 
 mod cli;
+mod db_faults;
 mod helpers;
+mod process;
 mod reset;
 mod settings;
 mod sign_in;
 mod smtp_sink;
+mod tcp_proxy;
 mod two_factor;
