@@ -2,6 +2,7 @@
 //! database per test, real SMTP to a local sink, driven over HTTP with a cookie jar.
 
 mod cli;
+mod crash;
 mod db_faults;
 mod helpers;
 mod process;
