@@ -5,6 +5,7 @@ mod cli;
 mod crash;
 mod db_faults;
 mod helpers;
+mod instances;
 mod process;
 mod reset;
 mod settings;
