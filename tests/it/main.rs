@@ -11,5 +11,6 @@ mod reset;
 mod settings;
 mod sign_in;
 mod smtp_sink;
+mod soak;
 mod tcp_proxy;
 mod two_factor;

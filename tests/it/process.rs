@@ -116,15 +116,6 @@ impl ServiceProcess {
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
-
-    /// Resident memory in KiB, from /proc/<pid>/status.
-    pub fn rss_kib(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmRSS:"))
-            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-    }
 }
 
 impl Drop for ServiceProcess {
@@ -164,4 +155,13 @@ pub async fn create_users(pool: &PgPool, emails: &[String], password: &str) {
             .await
             .expect("insert user");
     }
+}
+
+/// Resident memory of process `pid` in KiB, from /proc/<pid>/status.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
 }
