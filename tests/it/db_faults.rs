@@ -238,3 +238,78 @@ async fn answers_503_without_hanging(app: &TestApp, session: &str) {
     .await;
     assert_outage_page("POST /sign-out", sign_out).await;
 }
+
+/// The database goes away after the sign-in itself succeeded but while the session is
+/// being saved (the session layer's own write, after the handler): the answer is still
+/// the outage page, not a bare 500.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_while_the_session_is_saved_answers_the_outage_page() {
+    let proxy = TcpProxy::start(postgres_addr()).await;
+    let proxy_port = proxy.addr.port();
+    let mut app = TestApp::spawn_with(|config| {
+        let mut url = url::Url::parse(config.database_url.expose_secret()).expect("url");
+        url.set_host(Some("127.0.0.1")).expect("host");
+        url.set_port(Some(proxy_port)).expect("port");
+        config.database_url = SecretString::from(url.to_string());
+        config.db_acquire_timeout_ms = 1000;
+    })
+    .await;
+    let direct = process::connect(&app.database_url).await;
+    app.create_user("alice@example.com", PASSWORD).await;
+    // Holds every new session row for a while, so the cut lands during its insert.
+    sqlx::raw_sql(
+        "create function slow_session() returns trigger language plpgsql as
+             $$ begin perform pg_sleep(3); return new; end $$;
+         create trigger slow_session before insert on sessions
+             for each row execute function slow_session();",
+    )
+    .execute(&direct)
+    .await
+    .expect("trigger");
+
+    let browser = app.browser();
+    let signing_in = tokio::spawn(async move {
+        let started = Instant::now();
+        let response = browser.sign_in("alice@example.com", PASSWORD).await;
+        (response, started.elapsed())
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (saving,): (i64,) = sqlx::query_as(
+            "select count(*) from pg_stat_activity
+             where state = 'active' and query like 'insert into sessions%'",
+        )
+        .fetch_one(&direct)
+        .await
+        .expect("pg_stat_activity");
+        if saving == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the session insert never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    proxy.cut(Outage::Refused);
+    let (response, took) = signing_in.await.expect("sign-in task");
+    assert!(took < NO_HANG + Duration::from_secs(3), "took {took:?}");
+    assert_outage_page("POST /sign-in while saving the session", response).await;
+
+    proxy.restore();
+    sqlx::raw_sql("drop trigger slow_session on sessions")
+        .execute(&direct)
+        .await
+        .expect("drop trigger");
+    let restored = Instant::now();
+    loop {
+        let response = app.browser().sign_in("alice@example.com", PASSWORD).await;
+        if response.status() == StatusCode::SEE_OTHER {
+            break;
+        }
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(restored.elapsed() < Duration::from_secs(60), "no recovery");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    app.stop().await;
+}
