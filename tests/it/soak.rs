@@ -9,8 +9,8 @@
 //! It asserts: no 5xx except the hashing queue's deliberate "busy" 503, no unexpected
 //! answer, no failed request, every mail delivered exactly once (the model counts the
 //! mails each account should get; the SMTP sink must hold exactly that many), and memory
-//! flat after warm-up (RSS of the service process at the end within the larger of +25 %
-//! and +32 MiB of its RSS after warm-up).
+//! flat after warm-up (RSS of the service process at the end at most 8 MiB above its RSS
+//! once the first quarter of the soak, or 10 s, has passed).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -26,6 +26,9 @@ use crate::smtp_sink::SmtpSink;
 const WORKERS: usize = 8;
 const ACCOUNTS_PER_WORKER: usize = 3;
 const RESET_SUBJECT: &str = "Reset your latchkey password";
+/// How much RSS may grow between the end of warm-up and the end of the soak. Measured
+/// growth is a few hundred KiB; a leak of a few KiB per request exceeds this in a minute.
+const RSS_GROWTH_KIB: u64 = 8 * 1024;
 
 #[derive(Default)]
 struct Stats {
@@ -443,7 +446,7 @@ async fn soak() {
         .map_or(0, |s| s.1);
     let rss_end = samples.last().map_or(0, |s| s.1);
     let rss_max = samples.iter().map(|s| s.1).max().unwrap_or(0);
-    let allowed = rss_warm + (rss_warm / 4).max(32 * 1024);
+    let allowed = rss_warm + RSS_GROWTH_KIB;
 
     let requests = stats.requests.load(Ordering::Relaxed);
     let busy = stats.busy_503.load(Ordering::Relaxed);
