@@ -40,6 +40,17 @@ impl ServiceProcess {
     /// Starts `latchkey serve` on a free port with `database_url` and mail to `smtp_url`,
     /// plus `extra` environment variables, and waits until `/readyz` answers 200.
     pub async fn start(database_url: &str, smtp_url: &str, extra: &[(&str, &str)]) -> Self {
+        // The free port is found by binding and letting go; on a busy machine another
+        // process may take it first, so a failed bind gets another port.
+        for _ in 0..3 {
+            if let Some(process) = Self::try_start(database_url, smtp_url, extra).await {
+                return process;
+            }
+        }
+        panic!("latchkey serve could not bind a free port three times");
+    }
+
+    async fn try_start(database_url: &str, smtp_url: &str, extra: &[(&str, &str)]) -> Option<Self> {
         // Its own working directory, so no config/local.toml or var/ of the checkout leaks in.
         let dir =
             std::env::temp_dir().join(format!("latchkey-proc-{}", uuid::Uuid::new_v4().simple()));
@@ -69,27 +80,34 @@ impl ServiceProcess {
         }
         let child = command.spawn().expect("start latchkey serve");
         let mut process = ServiceProcess { base, child, dir };
-        process.wait_ready().await;
-        process
+        process.wait_ready().await.then_some(process)
     }
 
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
 
-    async fn wait_ready(&mut self) {
+    /// `false` when the process exited because its port was taken.
+    async fn wait_ready(&mut self) -> bool {
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
             .build()
             .expect("client");
         let deadline = Instant::now() + Duration::from_secs(90);
+        // A failed bind exits at once, well before a real start-up (connect, migrate) ends.
+        tokio::time::sleep(Duration::from_millis(200)).await;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("latchkey serve exited with {status}:\n{}", self.log());
+                let log = self.log();
+                if log.contains("binding 127.0.0.1:") {
+                    return false;
+                }
+                panic!("latchkey serve exited with {status}:\n{log}");
             }
             if let Ok(response) = client.get(format!("{}/readyz", self.base)).send().await {
-                if response.status() == 200 {
-                    return;
+                // Another server that took the port would answer too: ours must still run.
+                if response.status() == 200 && matches!(self.child.try_wait(), Ok(None)) {
+                    return true;
                 }
             }
             assert!(
