@@ -151,6 +151,10 @@ pub fn router(state: AppState) -> Router {
         .layer(session_layer)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
+            web::session_save_failed,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
             web::csrf::protect,
         ));
 

@@ -38,10 +38,10 @@ impl From<Failure> for AppError {
 /// A database that cannot be reached is an outage (503), not a bug (500).
 fn is_unavailable(err: &anyhow::Error) -> bool {
     err.chain().any(|cause| {
-        matches!(
-            cause.downcast_ref::<sqlx::Error>(),
-            Some(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed)
-        )
+        cause.is::<crate::db::Unavailable>()
+            || cause
+                .downcast_ref::<sqlx::Error>()
+                .is_some_and(crate::db::is_outage)
     })
 }
 

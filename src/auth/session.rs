@@ -5,6 +5,7 @@ use tower_sessions::session::Id;
 use uuid::Uuid;
 
 use super::Origin;
+use crate::store::sessions;
 
 const USER_ID: &str = "user_id";
 const IP: &str = "ip";
@@ -21,7 +22,13 @@ const SECOND_STEP_SECS: i64 = 300;
 pub struct AuthSession(Session);
 
 fn err(e: tower_sessions::session::Error) -> anyhow::Error {
-    anyhow::anyhow!("session store: {e}")
+    match e {
+        // An outage answers 503 like every other query that cannot reach the database.
+        tower_sessions::session::Error::Store(store) if sessions::is_unavailable(&store) => {
+            anyhow::Error::new(crate::db::Unavailable).context(format!("session store: {store}"))
+        }
+        other => anyhow::anyhow!("session store: {other}"),
+    }
 }
 
 impl AuthSession {

@@ -29,8 +29,21 @@ pub fn id_hash(id: &Id) -> Vec<u8> {
     Sha256::digest(id.0.to_le_bytes()).to_vec()
 }
 
+/// How a store error caused by an unreachable database starts: the store's errors are
+/// strings, and this lets [`is_unavailable`] tell an outage (503) from a bug (500).
+const UNAVAILABLE: &str = "database unavailable: ";
+
 fn backend(err: sqlx::Error) -> session_store::Error {
-    session_store::Error::Backend(err.to_string())
+    if crate::db::is_outage(&err) {
+        session_store::Error::Backend(format!("{UNAVAILABLE}{err}"))
+    } else {
+        session_store::Error::Backend(err.to_string())
+    }
+}
+
+/// Whether a session store error means the database is out of reach.
+pub fn is_unavailable(err: &session_store::Error) -> bool {
+    matches!(err, session_store::Error::Backend(message) if message.starts_with(UNAVAILABLE))
 }
 
 impl PgSessionStore {

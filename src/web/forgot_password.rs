@@ -1,6 +1,7 @@
 //! `/forgot-password`: ask for a reset link. The answer never tells whether the address
 //! has an account.
 
+use anyhow::Context as _;
 use askama::Template;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -74,6 +75,13 @@ async fn submit(
             return Ok(pages::render(StatusCode::UNPROCESSABLE_ENTITY, &page));
         }
     };
+    // The work below happens after the answer, so make sure it can happen at all: with
+    // the database out of reach, "check your email" would promise a mail that never comes.
+    // The same query runs for every address, so it tells nothing about which have accounts.
+    sqlx::query("select 1")
+        .execute(&state.pool)
+        .await
+        .context("checking the database before a reset request")?;
     // The lookup, token and mail happen after the answer, so known and unknown addresses
     // take the same time; the tracker lets a graceful shutdown finish them.
     let task_state = state.clone();

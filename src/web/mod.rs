@@ -17,10 +17,11 @@ pub mod two_factor;
 use std::net::SocketAddr;
 
 use axum::extract::{
-    ConnectInfo, FromRequest, FromRequestParts, OptionalFromRequestParts, Request,
+    ConnectInfo, FromRequest, FromRequestParts, OptionalFromRequestParts, Request, State,
 };
-use axum::http::header;
 use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
 use serde::de::DeserializeOwned;
 use tower_sessions::Session;
@@ -28,6 +29,7 @@ use tower_sessions::Session;
 use crate::app::AppState;
 use crate::auth::Origin;
 use crate::auth::session::AuthSession;
+use crate::db;
 use crate::error::AppError;
 use crate::store::{sessions, users};
 
@@ -174,4 +176,32 @@ impl<T: DeserializeOwned + Send> FromRequest<AppState> for WebForm<T> {
             Err(rejection) => Err(AppError::BadRequest(rejection.body_text())),
         }
     }
+}
+
+/// Wraps the session layer. When it cannot save the session after the handler has run,
+/// tower-sessions answers a bare 500 (no body, no Content-Type; every page of ours has
+/// one). The usual cause is the database going away mid-request, so answer the outage
+/// page (503) when the database does not answer now, and the error page otherwise.
+pub async fn session_save_failed(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let response = next.run(req).await;
+    if response.status() != StatusCode::INTERNAL_SERVER_ERROR
+        || response.headers().contains_key(header::CONTENT_TYPE)
+    {
+        return response;
+    }
+    let ping = sqlx::query("select 1").execute(&state.pool);
+    let reachable = matches!(
+        tokio::time::timeout(std::time::Duration::from_secs(2), ping).await,
+        Ok(Ok(_))
+    );
+    let err = if reachable {
+        anyhow::anyhow!("the session could not be saved")
+    } else {
+        anyhow::Error::new(db::Unavailable).context("saving the session")
+    };
+    AppError::Unexpected(err).into_response()
 }

@@ -22,7 +22,7 @@ pub const PASSWORD: &str = "correct horse battery staple";
 pub const NEW_PASSWORD: &str = "a whole new passphrase of mine";
 
 /// Where test databases are created; override with LATCHKEY_TEST_PG.
-fn postgres_base() -> String {
+pub fn postgres_base() -> String {
     std::env::var("LATCHKEY_TEST_PG")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
 }
@@ -95,18 +95,7 @@ impl TestApp {
     }
 
     pub fn browser(&self) -> Browser {
-        let jar = Arc::new(Jar::default());
-        let client = Client::builder()
-            .redirect(Policy::none())
-            .cookie_provider(jar.clone())
-            .timeout(Duration::from_secs(30))
-            .build()
-            .expect("client");
-        Browser {
-            client,
-            jar,
-            base: self.base.clone(),
-        }
+        Browser::new(&self.base)
     }
 
     /// An account with `password`, made the way `latchkey user create` makes one.
@@ -155,6 +144,22 @@ impl TestApp {
 }
 
 impl Browser {
+    /// A browser for the service at `base` (e.g. another instance's `http://127.0.0.1:port`).
+    pub fn new(base: &str) -> Browser {
+        let jar = Arc::new(Jar::default());
+        let client = Client::builder()
+            .redirect(Policy::none())
+            .cookie_provider(jar.clone())
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("client");
+        Browser {
+            client,
+            jar,
+            base: base.to_owned(),
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }

@@ -2,10 +2,16 @@
 //! database per test, real SMTP to a local sink, driven over HTTP with a cookie jar.
 
 mod cli;
+mod crash;
+mod db_faults;
 mod helpers;
+mod instances;
+mod process;
 mod reset;
 mod settings;
 mod sign_in;
 mod smtp_sink;
+mod soak;
 mod strength;
+mod tcp_proxy;
 mod two_factor;

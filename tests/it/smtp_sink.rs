@@ -95,6 +95,45 @@ impl SmtpSink {
             .collect()
     }
 
+    /// How many messages have `address` among their recipients, without copying them.
+    pub fn count_to(&self, address: &str) -> usize {
+        let messages = self
+            .state
+            .messages
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        messages
+            .iter()
+            .filter(|mail| mail.to.iter().any(|to| to.eq_ignore_ascii_case(address)))
+            .count()
+    }
+
+    /// How many messages arrived in all, without copying them.
+    pub fn count(&self) -> usize {
+        self.state
+            .messages
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .len()
+    }
+
+    /// The newest message to `address` whose subject is `subject`.
+    pub fn last_to(&self, address: &str, subject: &str) -> Option<ReceivedMail> {
+        let messages = self
+            .state
+            .messages
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        messages
+            .iter()
+            .rev()
+            .find(|mail| {
+                mail.to.iter().any(|to| to.eq_ignore_ascii_case(address))
+                    && mail.subject().as_deref() == Some(subject)
+            })
+            .cloned()
+    }
+
     /// Polls until at least `count` messages have arrived or `timeout` has passed, then
     /// returns all messages: fewer than `count` means they did not come in time (which is
     /// also how a test asserts that nothing was sent).
