@@ -31,6 +31,12 @@ pub fn is_outage(err: &sqlx::Error) -> bool {
     )
 }
 
+/// Whether Postgres answers a trivial query within `within` (readiness, outage checks).
+pub async fn ping(pool: &PgPool, within: Duration) -> bool {
+    let query = sqlx::query("select 1").execute(pool);
+    matches!(tokio::time::timeout(within, query).await, Ok(Ok(_)))
+}
+
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Connects, creating the database first when it does not exist yet.

@@ -1,7 +1,8 @@
 //! `/forgot-password`: ask for a reset link. The answer never tells whether the address
 //! has an account.
 
-use anyhow::Context as _;
+use std::time::Duration;
+
 use askama::Template;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -13,9 +14,11 @@ use serde::Deserialize;
 use super::csrf::CsrfToken;
 use super::pages::{self, Errors, Layout};
 use super::{ClientOrigin, WebForm};
+
 use crate::app::AppState;
 use crate::auth::reset::request_reset;
 use crate::auth::throttle::{self, IpScope};
+use crate::db;
 use crate::domain::EmailAddress;
 use crate::error::AppError;
 
@@ -78,10 +81,17 @@ async fn submit(
     // The work below happens after the answer, so make sure it can happen at all: with
     // the database out of reach, "check your email" would promise a mail that never comes.
     // The same query runs for every address, so it tells nothing about which have accounts.
-    sqlx::query("select 1")
-        .execute(&state.pool)
-        .await
-        .context("checking the database before a reset request")?;
+    if !db::ping(
+        &state.pool,
+        Duration::from_millis(state.config.db_acquire_timeout_ms),
+    )
+    .await
+    {
+        return Err(AppError::Unexpected(
+            anyhow::Error::new(db::Unavailable)
+                .context("checking the database before a reset request"),
+        ));
+    }
     // The lookup, token and mail happen after the answer, so known and unknown addresses
     // take the same time; the tracker lets a graceful shutdown finish them.
     let task_state = state.clone();

@@ -193,12 +193,7 @@ pub async fn session_save_failed(
     {
         return response;
     }
-    let ping = sqlx::query("select 1").execute(&state.pool);
-    let reachable = matches!(
-        tokio::time::timeout(std::time::Duration::from_secs(2), ping).await,
-        Ok(Ok(_))
-    );
-    let err = if reachable {
+    let err = if db::ping(&state.pool, std::time::Duration::from_secs(2)).await {
         anyhow::anyhow!("the session could not be saved")
     } else {
         anyhow::Error::new(db::Unavailable).context("saving the session")
