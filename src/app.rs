@@ -147,6 +147,7 @@ pub fn router(state: AppState) -> Router {
         .merge(web::reset_password::router())
         .merge(web::settings_security::router())
         .merge(web::two_factor::router())
+        .merge(web::strength::router())
         .layer(session_layer)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -11,6 +11,7 @@ pub mod pages;
 pub mod reset_password;
 pub mod settings_security;
 pub mod sign_in;
+pub mod strength;
 pub mod two_factor;
 
 use std::net::SocketAddr;
