@@ -222,6 +222,16 @@ pub async fn forgot_password(app: &TestApp, page: &Page) {
     page.tab_to("main a[href='/forgot-password']").await;
     page.enter_and_wait().await;
     assert_path(page, "/forgot-password").await;
+
+    if page.javascript {
+        for (name, mail) in [
+            ("mail-reset", &mails[0]),
+            ("mail-password-changed", &mails[1]),
+        ] {
+            let html = mail.html_body().expect("an HTML part");
+            page.photograph_mail(name, &html).await;
+        }
+    }
 }
 
 pub async fn change_password(app: &TestApp, page: &Page) {

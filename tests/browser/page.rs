@@ -353,6 +353,22 @@ impl Page {
         report.pages.insert(name, PageReport { path, title, minor });
     }
 
+    /// Screenshots of an HTML email as a mail client would show it (light only: the
+    /// mail declares `color-scheme: light`), opened from a file.
+    pub async fn photograph_mail(&self, name: &str, html: &str) {
+        let file = self.shots.join(format!("{name}.html"));
+        std::fs::write(&file, html).expect("writing the mail");
+        self.client
+            .goto(&format!("file://{}", file.display()))
+            .await
+            .expect("opening the mail");
+        self.wait_loaded().await;
+        for width in WIDTHS {
+            self.screenshot(name, width, false).await;
+        }
+        self.report.lock().expect("report").screenshots += WIDTHS.len();
+    }
+
     async fn color_scheme(&self, dark: bool) {
         let features = if dark {
             json!([{ "name": "prefers-color-scheme", "value": "dark" }])
