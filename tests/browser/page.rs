@@ -346,6 +346,7 @@ impl Page {
             }
         }
         self.color_scheme(false).await;
+        self.assert_fits(320, &path).await;
         self.assert_clean_console(&path).await;
 
         let mut report = self.report.lock().expect("report");
@@ -411,6 +412,32 @@ impl Page {
         let text = result.as_str().unwrap_or("error: no result");
         assert!(!text.starts_with("error:"), "axe-core failed: {text}");
         serde_json::from_str(text).expect("axe JSON")
+    }
+
+    /// Nothing sticks out sideways on the narrowest phones: the page needs no
+    /// horizontal scrolling at `width` CSS pixels.
+    async fn assert_fits(&self, width: u32, path: &str) {
+        cdp(
+            &self.client,
+            "Emulation.setDeviceMetricsOverride",
+            json!({ "width": width, "height": 640, "deviceScaleFactor": 1, "mobile": true }),
+        )
+        .await;
+        let scroll_width = self
+            .js("return document.documentElement.scrollWidth")
+            .await
+            .as_u64()
+            .unwrap_or(u64::MAX);
+        cdp(
+            &self.client,
+            "Emulation.clearDeviceMetricsOverride",
+            json!({}),
+        )
+        .await;
+        assert!(
+            scroll_width <= u64::from(width),
+            "{path} is {scroll_width} px wide at a {width} px viewport"
+        );
     }
 
     /// A full-page PNG at `width` CSS pixels.
