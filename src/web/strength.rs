@@ -4,10 +4,12 @@
 //! page's `csrf_token`, so other sites cannot use it.
 
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
 
 use super::WebForm;
 use crate::app::AppState;
@@ -38,10 +40,17 @@ struct Rating {
     tip: Option<String>,
 }
 
+/// Ratings run at once at most this many at a time; beyond that the meter gets a 503
+/// and stays quiet, so a flood of ratings cannot take the hashing threads' cores.
+static RATINGS: Semaphore = Semaphore::const_new(4);
+
 async fn rate(
     State(state): State<AppState>,
     WebForm(form): WebForm<StrengthForm>,
 ) -> Result<Response, AppError> {
+    let Ok(_permit) = RATINGS.try_acquire() else {
+        return Ok(StatusCode::SERVICE_UNAVAILABLE.into_response());
+    };
     let policy = state.policy.clone();
     let two_factor = form.two_factor.as_deref() == Some("true");
     // zxcvbn is CPU work: keep it off the async workers.

@@ -7,4 +7,5 @@ mod reset;
 mod settings;
 mod sign_in;
 mod smtp_sink;
+mod strength;
 mod two_factor;
