@@ -3,7 +3,8 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::helpers::{NEW_PASSWORD, PASSWORD, TestApp, location};
+use crate::driver::Driver;
+use crate::helpers::{NEW_PASSWORD, PASSWORD, TestApp};
 use crate::page::Page;
 
 const EMAIL: &str = "ada@example.com";
@@ -276,11 +277,13 @@ pub async fn change_password(app: &TestApp, page: &Page) {
     assert_path(page, "/").await;
 }
 
-pub async fn sign_out_other_sessions(app: &TestApp, page: &Page) {
+/// Two browsers signed in to one account; the first signs the second out.
+pub async fn sign_out_other_sessions(app: &TestApp, page: &Page, driver: &Driver) {
     app.create_user(EMAIL, PASSWORD).await;
-    let other = app.browser();
-    let response = other.sign_in(EMAIL, PASSWORD).await;
-    assert_eq!(location(&response), "/");
+    let second = driver.session(page.javascript).await;
+    let other = Page::plain(second, &page.base, page.javascript);
+    sign_in(&other, EMAIL, PASSWORD).await;
+    assert_path(&other, "/").await;
 
     sign_in(page, EMAIL, PASSWORD).await;
     open_settings(page).await;
@@ -291,13 +294,15 @@ pub async fn sign_out_other_sessions(app: &TestApp, page: &Page) {
     page.tab_to("form[action$='/revoke-others'] button").await;
     page.enter_and_wait().await;
     assert!(page.path().await.starts_with("/settings/security"));
+    assert_banner(page, "").await;
     assert_eq!(page.count(".session-list > li").await, 1);
     assert!(!page.exists("form[action$='/revoke-others']").await);
     page.checkpoint("settings-sessions-revoked").await;
 
     // The other browser is signed out; this one is not.
-    let response = other.get("/").await;
-    assert_eq!(location(&response), "/sign-in");
+    other.goto("/").await;
+    assert_path(&other, "/sign-in").await;
+    let _ = other.client.close().await;
     page.goto("/").await;
     assert_path(page, "/").await;
 }

@@ -36,12 +36,12 @@ const FLOWS: [&str; 6] = [
     "dead_ends",
 ];
 
-async fn run_flow(name: &str, app: &TestApp, page: &Page) {
+async fn run_flow(name: &str, app: &TestApp, page: &Page, driver: &Driver) {
     match name {
         "sign_in_and_out" => flows::sign_in_and_out(app, page).await,
         "forgot_password" => flows::forgot_password(app, page).await,
         "change_password" => flows::change_password(app, page).await,
-        "sign_out_other_sessions" => flows::sign_out_other_sessions(app, page).await,
+        "sign_out_other_sessions" => flows::sign_out_other_sessions(app, page, driver).await,
         "two_factor" => flows::two_factor(app, page).await,
         "dead_ends" => flows::dead_ends(app, page).await,
         other => unreachable!("unknown flow {other}"),
@@ -99,7 +99,7 @@ fn main() -> ExitCode {
 async fn run(selected: Vec<(&'static str, bool)>) -> ExitCode {
     let started = Instant::now();
     let axe = Arc::new(driver::axe_source());
-    let driver = Driver::start().await;
+    let driver = Arc::new(Driver::start().await);
     let report = Arc::new(Mutex::new(Report::default()));
     println!("\nrunning {} browser flows", selected.len());
     let mut failed = Vec::new();
@@ -111,11 +111,11 @@ async fn run(selected: Vec<(&'static str, bool)>) -> ExitCode {
         let flow_started = Instant::now();
         let client = driver.session(javascript).await;
         let closer = client.clone();
-        let (axe, report) = (axe.clone(), report.clone());
+        let (axe, report, flow_driver) = (axe.clone(), report.clone(), driver.clone());
         let outcome = tokio::spawn(async move {
             let app = TestApp::spawn().await;
             let page = Page::new(client, &app.base, javascript, axe, report).await;
-            run_flow(flow, &app, &page).await;
+            run_flow(flow, &app, &page, &flow_driver).await;
         })
         .await;
         let _ = closer.close().await;

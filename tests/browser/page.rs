@@ -84,6 +84,18 @@ impl Page {
         }
     }
 
+    /// A second browser for a flow: no checkpoints, so no DevTools set-up.
+    pub fn plain(client: Client, base: &str, javascript: bool) -> Page {
+        Page {
+            client,
+            base: base.to_owned(),
+            javascript,
+            axe: Arc::new(String::new()),
+            report: Arc::new(Mutex::new(Report::default())),
+            shots: PathBuf::new(),
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
