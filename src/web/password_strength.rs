@@ -5,10 +5,12 @@
 //! to the letter (the shipped blocklist, the email and service-name rules, zxcvbn).
 
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
 
 use super::{CurrentUser, WebForm};
 use crate::app::AppState;
@@ -31,6 +33,10 @@ struct StrengthForm {
     two_factor: String,
 }
 
+/// At most this many ratings run at once; beyond that the meter gets a 503 and stays
+/// quiet, so a flood of ratings cannot take the cores the hashing threads need.
+static RATINGS: Semaphore = Semaphore::const_new(4);
+
 #[derive(Serialize)]
 struct StrengthAnswer {
     score: u8,
@@ -43,6 +49,9 @@ async fn rate(
     user: Option<CurrentUser>,
     WebForm(form): WebForm<StrengthForm>,
 ) -> Result<Response, AppError> {
+    let Ok(_permit) = RATINGS.try_acquire() else {
+        return Ok(StatusCode::SERVICE_UNAVAILABLE.into_response());
+    };
     let (email, two_factor) = match user {
         Some(current) => (current.user.email.clone(), current.user.has_two_factor()),
         None => (form.email, form.two_factor == "true"),

@@ -64,6 +64,24 @@ async fn the_meter_knows_the_signed_in_accounts_address() {
 }
 
 #[tokio::test]
+async fn the_meter_takes_the_address_from_the_page_when_signed_out() {
+    let app = TestApp::spawn().await;
+    let answer = rate(
+        &app.browser(),
+        &[
+            ("password", "hello margaret, how are you today"),
+            ("email", "margaret@example.com"),
+        ],
+    )
+    .await;
+    assert_eq!(answer["score"], 0);
+    assert_eq!(
+        answer["tip"],
+        "Password must not contain your email address"
+    );
+}
+
+#[tokio::test]
 async fn the_meter_applies_the_shorter_minimum_only_with_two_factor() {
     let app = TestApp::spawn().await;
     let browser = app.browser();

@@ -1,0 +1,365 @@
+//! The flows, each done with the keyboard alone (Tab to a control, type, Enter), with
+//! JavaScript on and off. Every page met passes a checkpoint (see `page.rs`).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::driver::Driver;
+use crate::helpers::{NEW_PASSWORD, PASSWORD, TestApp};
+use crate::page::Page;
+
+const EMAIL: &str = "ada@example.com";
+
+/// A TOTP code for `secret`, `offset` 30-second steps from now (totp-lite, not the
+/// server's implementation).
+fn code_at(secret: &[u8], offset: i64) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
+    totp_lite::totp_custom::<totp_lite::Sha1>(30, 6, secret, (now + offset * 30) as u64)
+}
+
+/// The secret from `#totp-secret`, read as a person would copy it.
+async fn secret_on(page: &Page) -> Vec<u8> {
+    let text: String = page
+        .text("#totp-secret")
+        .await
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect();
+    data_encoding::BASE32_NOPAD
+        .decode(text.as_bytes())
+        .unwrap_or_else(|e| panic!("#totp-secret {text:?} is not base32: {e}"))
+}
+
+async fn assert_path(page: &Page, expected: &str) {
+    let path = page.path().await;
+    assert_eq!(path, expected, "expected to be on {expected}");
+}
+
+async fn assert_banner(page: &Page, contains: &str) {
+    assert!(
+        page.is_displayed(".banner-success").await,
+        "no success banner"
+    );
+    let banner = page.text(".banner-success").await;
+    assert!(
+        banner.starts_with("Success") && banner.contains(contains),
+        "banner {banner:?} should say {contains:?}"
+    );
+}
+
+async fn assert_error(page: &Page, message: &str) {
+    let summary = page.text(".error-summary").await;
+    assert!(
+        summary.contains("There is a problem") && summary.contains(message),
+        "error summary {summary:?} should say {message:?}"
+    );
+    let title = page.client.title().await.expect("title");
+    assert!(title.starts_with("Error: "), "title {title:?}");
+    if page.javascript {
+        assert!(
+            page.focused_is(".error-summary").await,
+            "the error summary should have focus"
+        );
+    }
+}
+
+async fn sign_in(page: &Page, email: &str, password: &str) {
+    page.goto("/sign-in").await;
+    page.fill("#email", email).await;
+    page.fill("#password", password).await;
+    page.enter_and_wait().await;
+}
+
+/// Tab to the header's "Sign out" button and press Enter.
+async fn sign_out(page: &Page) {
+    page.tab_to(".account-nav button").await;
+    page.enter_and_wait().await;
+    assert!(page.path().await.starts_with("/sign-in"));
+}
+
+/// From the home page to Settings → Security by keyboard.
+async fn open_settings(page: &Page) {
+    page.goto("/").await;
+    page.tab_to(".account-nav a[href='/settings/security']")
+        .await;
+    page.enter_and_wait().await;
+    assert_path(page, "/settings/security").await;
+}
+
+pub async fn sign_in_and_out(app: &TestApp, page: &Page) {
+    app.create_user(EMAIL, PASSWORD).await;
+    page.goto("/").await;
+    assert_path(page, "/sign-in").await;
+    page.checkpoint("sign-in").await;
+
+    // Show/Hide only exists where a script can make it work.
+    page.fill("#password", "not the password at all").await;
+    if page.javascript {
+        page.tab_to("button[aria-controls='password']").await;
+        let toggle = page
+            .prop("button[aria-controls='password']", "textContent")
+            .await;
+        assert_eq!(toggle.trim(), "Show password");
+        page.enter().await;
+        assert_eq!(page.attr("#password", "type").await, "text");
+        assert_eq!(
+            page.prop("button[aria-controls='password']", "textContent")
+                .await
+                .trim(),
+            "Hide password"
+        );
+        page.enter().await;
+        assert_eq!(page.attr("#password", "type").await, "password");
+    } else {
+        assert!(!page.is_displayed("button[aria-controls='password']").await);
+    }
+
+    // A wrong password: one message, the address kept, the password cleared.
+    page.tab_to("#email").await;
+    page.type_text(EMAIL).await;
+    page.tab_to("#password").await;
+    page.enter_and_wait().await;
+    assert_path(page, "/sign-in").await;
+    assert_error(page, "Incorrect email or password.").await;
+    assert_eq!(page.prop("#email", "value").await, EMAIL);
+    assert_eq!(page.prop("#password", "value").await, "");
+    page.checkpoint("sign-in-error").await;
+
+    page.fill("#password", PASSWORD).await;
+    page.enter_and_wait().await;
+    assert_path(page, "/").await;
+    assert!(page.text("main").await.contains(EMAIL));
+    page.checkpoint("home").await;
+
+    sign_out(page).await;
+    page.checkpoint("signed-out").await;
+    page.goto("/").await;
+    assert_path(page, "/sign-in").await;
+}
+
+pub async fn forgot_password(app: &TestApp, page: &Page) {
+    app.create_user(EMAIL, PASSWORD).await;
+    page.goto("/sign-in").await;
+    page.tab_to("#forgot-password-link").await;
+    if page.javascript {
+        // The dialog: Cancel closes it and gives focus back to the link...
+        page.enter().await;
+        assert!(page.is_displayed("#reset-dialog").await, "dialog open");
+        assert!(page.focused_is("#reset-dialog-title").await);
+        assert!(page.text("#reset-dialog").await.contains("30 minutes"));
+        page.checkpoint("sign-in-dialog").await;
+        page.tab_to("#reset-dialog button").await;
+        page.enter().await;
+        assert!(!page.is_displayed("#reset-dialog").await, "dialog closed");
+        assert!(page.focused_is("#forgot-password-link").await);
+        // ...and Proceed goes on.
+        page.enter().await;
+        assert!(page.is_displayed("#reset-dialog").await);
+        page.tab_to("#reset-dialog a[href='/forgot-password']")
+            .await;
+    }
+    page.enter_and_wait().await;
+    assert_path(page, "/forgot-password").await;
+    assert!(page.text("main").await.contains("30 minutes"));
+    page.checkpoint("forgot-password").await;
+
+    page.tab_to("#email").await;
+    page.enter_and_wait().await;
+    assert_error(page, "Enter").await;
+    page.checkpoint("forgot-password-error").await;
+
+    page.fill("#email", EMAIL).await;
+    page.enter_and_wait().await;
+    assert!(page.text("main").await.contains(EMAIL));
+    page.checkpoint("check-email").await;
+
+    let mails = app.mails_to(EMAIL, 1).await;
+    assert_eq!(mails.len(), 1, "one reset mail");
+    let link = mails[0].first_link().expect("a link in the mail");
+    assert!(link.starts_with(&page.base), "{link}");
+    page.goto(&link[page.base.len()..]).await;
+    assert!(page.path().await.starts_with("/reset-password?token="));
+    page.checkpoint("reset-password").await;
+
+    page.fill("#new_password", NEW_PASSWORD).await;
+    if page.javascript {
+        page.wait_for_text("#new_password-strength", "Strength:")
+            .await;
+        page.checkpoint("reset-password-strength").await;
+    }
+    page.fill("#new_password_confirm", "not the same password at all")
+        .await;
+    page.enter_and_wait().await;
+    assert_error(page, "Enter the same password in both fields").await;
+    page.checkpoint("reset-password-error").await;
+
+    page.fill("#new_password", NEW_PASSWORD).await;
+    page.fill("#new_password_confirm", NEW_PASSWORD).await;
+    page.enter_and_wait().await;
+    assert!(page.path().await.starts_with("/sign-in"));
+    assert_banner(page, "").await;
+    page.checkpoint("sign-in-after-reset").await;
+    let mails = app.mails_to(EMAIL, 2).await;
+    assert_eq!(
+        mails[1].subject().as_deref(),
+        Some("Your latchkey password was changed")
+    );
+
+    // The old password is gone, the new one works.
+    page.fill("#email", EMAIL).await;
+    page.fill("#password", PASSWORD).await;
+    page.enter_and_wait().await;
+    assert_error(page, "Incorrect email or password.").await;
+    page.fill("#password", NEW_PASSWORD).await;
+    page.enter_and_wait().await;
+    assert_path(page, "/").await;
+
+    // The link worked once.
+    page.goto(&link[page.base.len()..]).await;
+    assert_eq!(page.text("h1").await, "This link has already been used");
+    page.checkpoint("reset-link-used").await;
+    page.tab_to("main a[href='/forgot-password']").await;
+    page.enter_and_wait().await;
+    assert_path(page, "/forgot-password").await;
+
+    if page.javascript {
+        for (name, mail) in [
+            ("mail-reset", &mails[0]),
+            ("mail-password-changed", &mails[1]),
+        ] {
+            let html = mail.html_body().expect("an HTML part");
+            page.photograph_mail(name, &html).await;
+        }
+    }
+}
+
+pub async fn change_password(app: &TestApp, page: &Page) {
+    app.create_user(EMAIL, PASSWORD).await;
+    sign_in(page, EMAIL, PASSWORD).await;
+    assert_path(page, "/").await;
+    open_settings(page).await;
+    page.checkpoint("settings-security").await;
+
+    // The meter rates as the policy does: a common password is "Very weak", with why.
+    page.fill("#current_password", "not my current password")
+        .await;
+    page.fill("#new_password", "passwordpassword").await;
+    if page.javascript {
+        page.wait_for_text("#new_password-strength", "Strength: Very weak.")
+            .await;
+        assert!(
+            page.text("#new_password-strength")
+                .await
+                .contains("too common")
+        );
+    }
+    page.fill("#new_password_confirm", "passwordpassword").await;
+    page.enter_and_wait().await;
+    assert_error(page, "password").await;
+    page.checkpoint("settings-security-error").await;
+
+    page.fill("#current_password", PASSWORD).await;
+    page.fill("#new_password", NEW_PASSWORD).await;
+    if page.javascript {
+        page.wait_for_text("#new_password-strength", "Strength:")
+            .await;
+    }
+    page.fill("#new_password_confirm", NEW_PASSWORD).await;
+    page.enter_and_wait().await;
+    assert!(page.path().await.starts_with("/settings/security"));
+    assert_banner(page, "password").await;
+    page.checkpoint("settings-security-changed").await;
+
+    sign_out(page).await;
+    sign_in(page, EMAIL, NEW_PASSWORD).await;
+    assert_path(page, "/").await;
+}
+
+/// Two browsers signed in to one account; the first signs the second out.
+pub async fn sign_out_other_sessions(app: &TestApp, page: &Page, driver: &Driver) {
+    app.create_user(EMAIL, PASSWORD).await;
+    let second = driver.session(page.javascript).await;
+    let other = Page::plain(second, &page.base, page.javascript);
+    sign_in(&other, EMAIL, PASSWORD).await;
+    assert_path(&other, "/").await;
+
+    sign_in(page, EMAIL, PASSWORD).await;
+    open_settings(page).await;
+    assert_eq!(page.count(".session-list > li").await, 2);
+    assert!(page.text(".session-current").await.contains("This device"));
+    page.checkpoint("settings-sessions").await;
+
+    page.tab_to("form[action$='/revoke-others'] button").await;
+    page.enter_and_wait().await;
+    assert!(page.path().await.starts_with("/settings/security"));
+    assert_banner(page, "").await;
+    assert_eq!(page.count(".session-list > li").await, 1);
+    assert!(!page.exists("form[action$='/revoke-others']").await);
+    page.checkpoint("settings-sessions-revoked").await;
+
+    // The other browser is signed out; this one is not.
+    other.goto("/").await;
+    assert_path(&other, "/sign-in").await;
+    let _ = other.client.close().await;
+    page.goto("/").await;
+    assert_path(page, "/").await;
+}
+
+pub async fn two_factor(app: &TestApp, page: &Page) {
+    app.create_user(EMAIL, PASSWORD).await;
+    sign_in(page, EMAIL, PASSWORD).await;
+    open_settings(page).await;
+    page.tab_to("main a[href='/settings/security/two-factor']")
+        .await;
+    page.enter_and_wait().await;
+    assert_path(page, "/settings/security/two-factor").await;
+    assert!(page.exists(".qr svg").await, "QR code");
+    page.checkpoint("two-factor-setup").await;
+
+    let secret = secret_on(page).await;
+    page.fill("#current_password", PASSWORD).await;
+    page.fill("#totp_code", &code_at(&secret, 0)).await;
+    page.enter_and_wait().await;
+    assert_eq!(page.count("#recovery-codes li").await, 10);
+    if page.javascript {
+        assert!(page.is_displayed("[data-copy-codes]").await);
+    } else {
+        assert!(!page.is_displayed("[data-recovery-actions]").await);
+    }
+    page.checkpoint("recovery-codes").await;
+    page.tab_to("main a[href='/settings/security']").await;
+    page.enter_and_wait().await;
+    assert_path(page, "/settings/security").await;
+    assert!(page.text(".status-on").await.starts_with("On."));
+
+    page.tab_to("main a[href='/settings/security/two-factor']")
+        .await;
+    page.enter_and_wait().await;
+    page.checkpoint("two-factor-manage").await;
+
+    sign_out(page).await;
+    sign_in(page, EMAIL, PASSWORD).await;
+    assert_path(page, "/sign-in/two-factor").await;
+    page.checkpoint("sign-in-two-factor").await;
+    page.fill("#totp_code", "000000").await;
+    page.enter_and_wait().await;
+    assert_error(page, "code").await;
+    page.checkpoint("sign-in-two-factor-error").await;
+    page.fill("#totp_code", &code_at(&secret, 1)).await;
+    page.enter_and_wait().await;
+    assert_path(page, "/").await;
+}
+
+/// Pages met off the main paths: a link that never was, and a page that is not there.
+pub async fn dead_ends(_app: &TestApp, page: &Page) {
+    page.goto("/reset-password?token=not-a-real-token").await;
+    assert_eq!(page.text("h1").await, "This link doesn't work");
+    page.checkpoint("reset-link-invalid").await;
+    page.goto("/no-such-page").await;
+    page.checkpoint("not-found").await;
+    page.tab_to("main a[href='/']").await;
+    page.enter_and_wait().await;
+    assert_path(page, "/sign-in").await;
+}
