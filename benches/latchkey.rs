@@ -309,6 +309,10 @@ async fn measure(res: &mut Resources) -> anyhow::Result<Report> {
     eprintln!(
         "bench: (2) sign-ins from {clients} clients for {signin_for:?} (after {SIGNIN_WARMUP:?} warm-up), (3) probe meanwhile"
     );
+    // The same row count over the sign-in phase shows the count sees writes (sessions,
+    // audit events).
+    let before = table_rows(&pool, &tables).await?;
+    let since = current_xid(&pool).await?;
     let signin = sign_in_load(
         &base,
         &signin_users,
@@ -318,6 +322,12 @@ async fn measure(res: &mut Resources) -> anyhow::Result<Report> {
         &pg_pids,
     )
     .await?;
+    let after = table_rows(&pool, &tables).await?;
+    let signin_written = rows_written(&pool, &tables, &before, &after, since).await?;
+    report.meta(
+        "signin_rows_written_by_table",
+        json!(signin_written.by_table),
+    );
     report.add(
         "2. sign-in",
         "complete sign-ins/s (GET + POST, 303 to /)",
