@@ -43,7 +43,7 @@ pub async fn sign_in(
         return Err(SignInError::InvalidCredentials);
     }
     let key = email.key();
-    throttle::check_account(state, &key).await?;
+    let standing = throttle::check_account(state, &key).await?;
 
     let user = users::find_by_email(&state.pool, &email).await?;
     let verified = state
@@ -66,7 +66,9 @@ pub async fn sign_in(
             if user.has_two_factor() {
                 return Ok(user);
             }
-            throttle::clear(state, &key).await?;
+            if standing.has_failures {
+                throttle::clear(state, &key).await?;
+            }
             audit::record(
                 &state.pool,
                 EventKind::SignIn,

@@ -40,17 +40,24 @@ pub async fn check_ip(state: &AppState, scope: IpScope, ip: &str) -> Result<(), 
     Ok(())
 }
 
+/// What [`check_account`] found: an address with failures on record is cleared after a
+/// success; one without needs no write (most sign-ins).
+#[derive(Debug, Clone, Copy)]
+pub struct Standing {
+    pub has_failures: bool,
+}
+
 /// Refuses an attempt on an address that is waiting out its delay. Checked before any
 /// hashing, whether or not the address has an account.
-pub async fn check_account(state: &AppState, email_key: &str) -> Result<(), Failure> {
-    match throttle::blocked_until(&state.pool, email_key).await? {
-        Some(until_at) => {
+pub async fn check_account(state: &AppState, email_key: &str) -> Result<Standing, Failure> {
+    match throttle::standing(&state.pool, email_key).await? {
+        (_, Some(until_at)) => {
             metrics::counter!("latchkey_throttled_total", "kind" => "account").increment(1);
             Err(Failure::Throttled {
                 retry_after: until(until_at),
             })
         }
-        None => Ok(()),
+        (has_failures, None) => Ok(Standing { has_failures }),
     }
 }
 

@@ -3,18 +3,23 @@
 use sqlx::PgPool;
 use time::OffsetDateTime;
 
-/// When the address may try again, if it is being held back now.
-pub async fn blocked_until(
+/// The address's standing: whether it has failures on record, and until when it is held
+/// back (if it is now).
+pub async fn standing(
     pool: &PgPool,
     email_key: &str,
-) -> anyhow::Result<Option<OffsetDateTime>> {
+) -> anyhow::Result<(bool, Option<OffsetDateTime>)> {
     let row: Option<(Option<OffsetDateTime>,)> = sqlx::query_as(
-        "select blocked_until from login_throttle where email_key = $1 and blocked_until > now()",
+        "select case when blocked_until > now() then blocked_until end
+         from login_throttle where email_key = $1",
     )
     .bind(email_key)
     .fetch_optional(pool)
     .await?;
-    Ok(row.and_then(|(until,)| until))
+    Ok(match row {
+        Some((until,)) => (true, until),
+        None => (false, None),
+    })
 }
 
 /// Counts one more consecutive failure; past `free` failures the address waits
