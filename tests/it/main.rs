@@ -3,6 +3,7 @@
 
 mod cli;
 mod helpers;
+mod hostile;
 mod reset;
 mod settings;
 mod sign_in;
