@@ -4,6 +4,7 @@
 mod cli;
 mod helpers;
 mod hostile;
+mod housekeeping;
 mod reset;
 mod settings;
 mod sign_in;
