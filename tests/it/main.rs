@@ -5,6 +5,7 @@ mod cli;
 mod helpers;
 mod hostile;
 mod housekeeping;
+mod migrations;
 mod reset;
 mod settings;
 mod sign_in;
