@@ -580,14 +580,41 @@ struct Target {
     session_cookie: Option<String>,
     csrf_cookie: String,
     csrf_token: String,
-    live_token: String,
+    /// A live reset link; none for an account with two-factor, where wrong codes on the
+    /// reset form rightly count against the link.
+    live_token: Option<String>,
+    who: Who,
+}
+
+/// Whose session the "valid" session cookie is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Who {
+    Stranger,
+    SignedIn,
+    /// Right password given, two-factor code still to come.
+    HalfSignedIn,
+}
+
+impl Who {
+    /// The page the session must still reach after every hostile request.
+    fn still_reaches(self) -> Option<&'static str> {
+        match self {
+            Who::Stranger => None,
+            Who::SignedIn => Some("/"),
+            Who::HalfSignedIn => Some("/sign-in/two-factor"),
+        }
+    }
 }
 
 impl Target {
     fn text(&self, value: &Value, name: &str) -> String {
         match value {
             Value::Text(text) | Value::Path(text) => text.clone(),
-            Value::LiveToken => self.live_token.clone(),
+            Value::LiveToken => self
+                .live_token
+                .clone()
+                // Well-formed, so it reaches the database, but issued by nobody.
+                .unwrap_or_else(|| ResetToken::generate().expose().to_owned()),
             Value::RightPassword if name == "current_password" => PASSWORD.to_owned(),
             Value::RightPassword => format!("{PASSWORD}!"),
         }
@@ -814,17 +841,6 @@ async fn live_token(app: &TestApp, browser: &Browser, email: &str) -> String {
         .and_then(|m| m.first_link())
         .expect("a reset link");
     let (_, token) = link.split_once("token=").expect("token in the link");
-    // The mail is out and its outbox row marked: nothing in flight to muddy the snapshot.
-    for _ in 0..200 {
-        if app
-            .count("select count(*) from outbox where status = 'pending'")
-            .await
-            == 0
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
     token.to_owned()
 }
 
@@ -851,25 +867,46 @@ fn plain_client() -> Client {
         .expect("client")
 }
 
-/// Runs `HTTP_CASES` generated requests against one service. `signed_in` sends the real
-/// session cookie where the case says "valid", and checks after each request that the
-/// session still works.
-fn attack(threads: &'static str, signed_in: bool, tweak: fn(&mut latchkey::config::Config)) {
+async fn outbox_drained(app: &TestApp) {
+    for _ in 0..400 {
+        if app
+            .count("select count(*) from outbox where status = 'pending'")
+            .await
+            == 0
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("mail still pending");
+}
+
+/// Runs `HTTP_CASES` generated requests against one service, as `who`: the "valid"
+/// session cookie is theirs, and after each request their session must still work.
+fn attack(threads: &'static str, who: Who, tweak: fn(&mut latchkey::config::Config)) {
     let rt = runtime(threads);
     let (mut app, target, before) = rt.block_on(async {
         let app = TestApp::spawn_with(tweak).await;
-        app.create_user(EMAIL, PASSWORD).await;
+        let live_token = if who == Who::HalfSignedIn {
+            crate::two_factor::enabled(&app, EMAIL).await;
+            None
+        } else {
+            app.create_user(EMAIL, PASSWORD).await;
+            Some(live_token(&app, &app.browser(), EMAIL).await)
+        };
         app.create_user("bob@example.com", NEW_PASSWORD).await;
         let browser = app.browser();
-        let live_token = live_token(&app, &browser, EMAIL).await;
         // The token is bound to the CSRF cookie, not to the session: it outlives sign-in.
         let csrf_token = browser.csrf_token("/sign-in").await;
-        if signed_in {
-            assert_status(
-                &browser.sign_in(EMAIL, PASSWORD).await,
-                StatusCode::SEE_OTHER,
-            );
+        match who {
+            Who::Stranger => {}
+            Who::SignedIn => assert_eq!(location(&browser.sign_in(EMAIL, PASSWORD).await), "/"),
+            Who::HalfSignedIn => assert_eq!(
+                location(&browser.sign_in(EMAIL, PASSWORD).await),
+                "/sign-in/two-factor"
+            ),
         }
+        outbox_drained(&app).await;
         let target = Target {
             base: app.base.clone(),
             port: app
@@ -883,15 +920,16 @@ fn attack(threads: &'static str, signed_in: bool, tweak: fn(&mut latchkey::confi
             csrf_cookie: cookie_from(&browser, "latchkey_csrf").expect("csrf cookie"),
             csrf_token,
             live_token,
+            who,
         };
-        assert_eq!(target.session_cookie.is_some(), signed_in);
+        assert_eq!(target.session_cookie.is_some(), who != Who::Stranger);
         let before = snapshot(&app).await;
         (app, target, before)
     });
 
     let statuses = std::cell::RefCell::new(std::collections::BTreeMap::<u16, u32>::new());
     let result = runner(HTTP_CASES).run(&case(), |mut case| {
-        if signed_in
+        if who != Who::Stranger
             && BODYLESS_ACTIONS.contains(&case.path.as_str())
             && !matches!(case.token, Token::Garbage(_))
         {
@@ -936,10 +974,10 @@ fn attack(threads: &'static str, signed_in: bool, tweak: fn(&mut latchkey::confi
                 &before,
                 "invalid input changed state"
             );
-            if let Some(session) = &target.session_cookie {
+            if let (Some(session), Some(page)) = (&target.session_cookie, who.still_reaches()) {
                 let home = target
                     .client
-                    .get(format!("{}/", target.base))
+                    .get(format!("{}{page}", target.base))
                     .header("cookie", format!("latchkey_session={session}"))
                     .send()
                     .await
@@ -958,9 +996,8 @@ fn attack(threads: &'static str, signed_in: bool, tweak: fn(&mut latchkey::confi
     );
     rt.block_on(async {
         // The live link still works: garbage never consumed or voided it.
-        if result.is_ok() {
+        if let (Ok(()), Some(token)) = (&result, target.live_token.clone()) {
             let browser = app.browser();
-            let token = target.live_token.clone();
             let response = browser
                 .submit(
                     &format!("/reset-password?token={token}"),
@@ -987,12 +1024,17 @@ fn trust_forwarded_for(config: &mut latchkey::config::Config) {
 
 #[test]
 fn hostile_requests_from_strangers_get_no_5xx_and_change_nothing() {
-    attack("hostile-anon", false, trust_forwarded_for);
+    attack("hostile-anon", Who::Stranger, trust_forwarded_for);
 }
 
 #[test]
 fn hostile_requests_in_a_signed_in_session_get_no_5xx_and_change_nothing() {
-    attack("hostile-user", true, |_| {});
+    attack("hostile-user", Who::SignedIn, |_| {});
+}
+
+#[test]
+fn hostile_requests_halfway_through_two_factor_sign_in_get_no_5xx_and_change_nothing() {
+    attack("hostile-2fa", Who::HalfSignedIn, |_| {});
 }
 
 // ---------------------------------------------------------------------------------------
