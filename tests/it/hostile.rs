@@ -583,7 +583,6 @@ struct Target {
     /// A live reset link; none for an account with two-factor, where wrong codes on the
     /// reset form rightly count against the link.
     live_token: Option<String>,
-    who: Who,
 }
 
 /// Whose session the "valid" session cookie is.
@@ -774,11 +773,13 @@ impl Target {
 
     /// Whether the CSRF layer must refuse this request: a state-changing method on a page,
     /// without the cookie and matching first token, or from another site.
-    fn must_be_refused(&self, case: &Case) -> bool {
-        let on_a_page = case.path.starts_with("/settings/security/sessions/")
-            && case.path.ends_with("/revoke")
-            || GET_ROUTES.contains(&case.path.as_str())
-            || POST_ROUTES.contains(&case.path.as_str());
+    /// `path` is the path as sent, after the client normalised it (`/a/../b` is `/b`).
+    fn must_be_refused(&self, case: &Case, path: &str) -> bool {
+        let revoke_one = path
+            .strip_prefix("/settings/security/sessions/")
+            .and_then(|rest| rest.strip_suffix("/revoke"))
+            .is_some_and(|segment| !segment.is_empty() && !segment.contains('/'));
+        let on_a_page = revoke_one || GET_ROUTES.contains(&path) || POST_ROUTES.contains(&path);
         let changes_state = !matches!(case.method, Method::GET | Method::HEAD | Method::OPTIONS);
         let token_ok = matches!(case.token, Token::Valid | Token::ValidThenGarbage(_))
             && case.csrf.last_is_valid()
@@ -791,7 +792,8 @@ impl Target {
         on_a_page && changes_state && !(token_ok && site_ok)
     }
 
-    async fn send(&self, case: &Case) -> Result<StatusCode, reqwest::Error> {
+    /// The answer's status, and the path that was sent.
+    async fn send(&self, case: &Case) -> Result<(StatusCode, String), reqwest::Error> {
         let query = self.query(&case.query);
         let url = if query.is_empty() {
             format!("{}{}", self.base, case.path)
@@ -805,7 +807,8 @@ impl Target {
         if case.method != Method::GET && case.method != Method::HEAD {
             request = request.body(self.body_bytes(case));
         }
-        Ok(request.send().await?.status())
+        let response = request.send().await?;
+        Ok((response.status(), response.url().path().to_owned()))
     }
 }
 
@@ -920,7 +923,6 @@ fn attack(threads: &'static str, who: Who, tweak: fn(&mut latchkey::config::Conf
             csrf_cookie: cookie_from(&browser, "latchkey_csrf").expect("csrf cookie"),
             csrf_token,
             live_token,
-            who,
         };
         assert_eq!(target.session_cookie.is_some(), who != Who::Stranger);
         let before = snapshot(&app).await;
@@ -936,8 +938,8 @@ fn attack(threads: &'static str, who: Who, tweak: fn(&mut latchkey::config::Conf
             case.token = Token::Absent;
         }
         rt.block_on(async {
-            let status = match target.send(&case).await {
-                Ok(status) => status,
+            let (status, path) = match target.send(&case).await {
+                Ok(answer) => answer,
                 Err(err) => {
                     return Err(TestCaseError::fail(format!(
                         "no answer (dropped connection?): {err}"
@@ -946,7 +948,7 @@ fn attack(threads: &'static str, who: Who, tweak: fn(&mut latchkey::config::Conf
             };
             *statuses.borrow_mut().entry(status.as_u16()).or_default() += 1;
             prop_assert!(!status.is_server_error(), "answered {status}");
-            if target.must_be_refused(&case) {
+            if target.must_be_refused(&case, &path) {
                 prop_assert!(
                     status == StatusCode::FORBIDDEN || status == StatusCode::PAYLOAD_TOO_LARGE,
                     "a POST without a valid token or from another site got {status}"
