@@ -206,7 +206,11 @@ impl Server {
             state
                 .outbox
                 .spawn_worker(state.pool.clone(), transport, from, stopping.clone()),
-            tokio::spawn(housekeeping(state.pool.clone(), stopping.clone())),
+            tokio::spawn(housekeeping(
+                state.pool.clone(),
+                Duration::from_secs(state.config.housekeeping_interval_secs.max(1)),
+                stopping.clone(),
+            )),
         ];
         let app = router(state.clone());
         let mut stop = stopping;
@@ -257,8 +261,10 @@ impl Server {
     }
 }
 
-async fn housekeeping(pool: PgPool, mut stopping: watch::Receiver<bool>) {
-    let mut every = tokio::time::interval(Duration::from_secs(600));
+/// Sweeps at start-up and then every `period`, until shutdown.
+async fn housekeeping(pool: PgPool, period: Duration, mut stopping: watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(period);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = every.tick() => match store::housekeeping::sweep(&pool).await {

@@ -29,6 +29,8 @@ pub struct Config {
     pub trust_forwarded_for: bool,
     pub db_max_connections: u32,
     pub db_acquire_timeout_ms: u64,
+    /// How often expired sessions, dead tokens, idle throttles and old mail are deleted.
+    pub housekeeping_interval_secs: u64,
     pub argon2: Argon2Config,
     pub policy: PolicyConfig,
     pub throttle: ThrottleConfig,

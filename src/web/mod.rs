@@ -164,13 +164,14 @@ impl OptionalFromRequestParts<AppState> for CurrentUser {
     }
 }
 
-/// A urlencoded form; an unreadable body is a 400 page, never a 500.
+/// A urlencoded form; an unreadable body is a 400 page, never a 500. It needs no state, so
+/// the property tests and fuzz targets decode with it exactly as the pages do.
 pub struct WebForm<T>(pub T);
 
-impl<T: DeserializeOwned + Send> FromRequest<AppState> for WebForm<T> {
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequest<S> for WebForm<T> {
     type Rejection = AppError;
 
-    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         match axum::Form::<T>::from_request(req, state).await {
             Ok(axum::Form(value)) => Ok(WebForm(value)),
             Err(rejection) => Err(AppError::BadRequest(rejection.body_text())),

@@ -51,7 +51,7 @@ fn recovery_codes_on(page: &str) -> Vec<String> {
 }
 
 /// Signs in and turns two-factor on; returns the browser, secret and recovery codes.
-async fn enabled(app: &TestApp, email: &str) -> (Browser, Vec<u8>, Vec<String>) {
+pub(crate) async fn enabled(app: &TestApp, email: &str) -> (Browser, Vec<u8>, Vec<String>) {
     app.create_user(email, PASSWORD).await;
     let browser = app.browser();
     browser.sign_in(email, PASSWORD).await;

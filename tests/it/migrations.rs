@@ -1,0 +1,187 @@
+//! Upgrades: a database at the previous schema version (0001), holding that era's data
+//! (`tests/fixtures/schema_0001_data.sql`), is upgraded by starting the service on it.
+//! Every account survives with its password, and so do sessions, links, mail and history.
+
+use std::borrow::Cow;
+
+use latchkey::db::MIGRATOR;
+use reqwest::StatusCode;
+use secrecy::SecretString;
+use sqlx::migrate::Migrator;
+use sqlx::{Connection, PgPool};
+
+use crate::helpers::*;
+
+const FIXTURE: &str = include_str!("../fixtures/schema_0001_data.sql");
+
+const ACCOUNTS: &[(&str, &str)] = &[
+    ("alice@example.com", "correct horse battery staple"),
+    ("Bob.Mixed@Example.com", "an old hash with older parameters"),
+    ("carol@example.com", "carol keeps her fixture passphrase"),
+];
+const ALICE_SESSION: &str = "782riWdFIwHvzauJZ0UjAQ";
+const CAROL_TOKEN: &str = "AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA";
+
+/// A fresh database migrated to version 0001 only, with the fixture loaded.
+async fn database_at_0001() -> String {
+    let base = std::env::var("LATCHKEY_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+    let name = format!("latchkey_test_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = sqlx::PgConnection::connect(&format!("{base}/postgres"))
+        .await
+        .expect("postgres");
+    sqlx::query(&format!("create database {name}"))
+        .execute(&mut admin)
+        .await
+        .expect("create database");
+    let url = format!("{base}/{name}");
+    let pool = PgPool::connect(&url).await.expect("connect");
+    let previous = Migrator {
+        migrations: Cow::Owned(
+            MIGRATOR
+                .migrations
+                .iter()
+                .filter(|m| m.version == 1)
+                .cloned()
+                .collect(),
+        ),
+        ..Migrator::DEFAULT
+    };
+    assert_eq!(previous.migrations.len(), 1, "migration 0001 is embedded");
+    previous.run(&pool).await.expect("migrating to 0001");
+    sqlx::raw_sql(FIXTURE)
+        .execute(&pool)
+        .await
+        .expect("loading the 0001 fixture");
+    pool.close().await;
+    url
+}
+
+type UserRow = (uuid::Uuid, String, String);
+
+async fn users(pool: &PgPool) -> Vec<UserRow> {
+    sqlx::query_as("select id, email, password_hash from users order by id")
+        .fetch_all(pool)
+        .await
+        .expect("users")
+}
+
+#[tokio::test]
+async fn upgrading_from_0001_keeps_every_account_password_session_link_and_mail() {
+    let url = database_at_0001().await;
+    let before = {
+        let pool = PgPool::connect(&url).await.expect("connect");
+        let rows = users(&pool).await;
+        let applied: Vec<(i64,)> =
+            sqlx::query_as("select version from _sqlx_migrations order by version")
+                .fetch_all(&pool)
+                .await
+                .expect("migrations table");
+        assert_eq!(applied, vec![(1,)]);
+        pool.close().await;
+        rows
+    };
+    assert_eq!(before.len(), ACCOUNTS.len());
+
+    // The upgrade: the service migrates at start-up, as an operator's deploy would.
+    let app = TestApp::spawn_with(|c| c.database_url = SecretString::from(url.clone())).await;
+
+    let applied: Vec<(i64,)> =
+        sqlx::query_as("select version from _sqlx_migrations where success order by version")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    let latest = MIGRATOR.migrations.iter().map(|m| m.version).max().unwrap();
+    assert_eq!(applied.last(), Some(&(latest,)));
+    assert!(latest > 1, "there is something to upgrade to");
+    assert_eq!(
+        users(&app.pool).await,
+        before,
+        "accounts unchanged by the upgrade"
+    );
+    assert_eq!(
+        app.count("select count(*) from users where totp_enabled_at is not null or totp_secret_enc is not null")
+            .await,
+        0,
+        "nobody gets two-factor by accident"
+    );
+
+    // Alice's session from before the upgrade is still signed in, with her history.
+    let alice = Browser::with_session_cookie(&app, ALICE_SESSION);
+    let home = alice.get("/").await;
+    assert_status(&home, StatusCode::OK);
+    assert!(home.text().await.unwrap().contains("alice@example.com"));
+    let security = alice.get("/settings/security").await.text().await.unwrap();
+    assert!(
+        security.contains("198.51.100.7"),
+        "the session's IP is listed"
+    );
+    assert!(security.contains("Password changed"), "audit history kept");
+
+    // Carol's reset link, mailed before the upgrade, works after it.
+    let carol = app.browser();
+    assert_status(
+        &carol
+            .get(&format!("/reset-password?token={CAROL_TOKEN}"))
+            .await,
+        StatusCode::OK,
+    );
+
+    // Every account signs in with the password it had.
+    for (email, password) in ACCOUNTS {
+        let browser = app.browser();
+        let response = browser.sign_in(email, password).await;
+        assert_status(&response, StatusCode::SEE_OTHER);
+        assert_eq!(location(&response), "/", "{email}");
+        assert_status(&browser.get("/").await, StatusCode::OK);
+        let wrong = app
+            .browser()
+            .sign_in(email, "not the password at all")
+            .await;
+        assert_status(&wrong, StatusCode::UNPROCESSABLE_ENTITY);
+    }
+    // Bob's hash with old parameters was upgraded at that sign-in, and still verifies.
+    let bob_hash = app.password_hash("bob.mixed@example.com").await;
+    assert!(bob_hash.contains("m=19456,t=2,p=1"), "{bob_hash}");
+    assert_status(
+        &app.browser()
+            .sign_in("bob.mixed@example.com", ACCOUNTS[1].1)
+            .await,
+        StatusCode::SEE_OTHER,
+    );
+
+    // The link is still single-use and sets a new password.
+    let reset = carol
+        .submit(
+            &format!("/reset-password?token={CAROL_TOKEN}"),
+            "/reset-password",
+            &[
+                ("token", CAROL_TOKEN),
+                ("new_password", NEW_PASSWORD),
+                ("new_password_confirm", NEW_PASSWORD),
+            ],
+        )
+        .await;
+    assert_status(&reset, StatusCode::SEE_OTHER);
+    assert_status(
+        &app.browser()
+            .sign_in("carol@example.com", NEW_PASSWORD)
+            .await,
+        StatusCode::SEE_OTHER,
+    );
+
+    // Mail queued before the upgrade goes out after it.
+    let mails = app.mails_to("carol@example.com", 1).await;
+    assert!(
+        mails
+            .iter()
+            .any(|m| m.data.contains("Queued before the upgrade")),
+        "the queued mail was delivered"
+    );
+    assert_eq!(
+        app.count("select count(*) from audit_events where ip <> '127.0.0.1'")
+            .await,
+        5,
+        "audit rows from before the upgrade (the test's own come from 127.0.0.1)"
+    );
+}
