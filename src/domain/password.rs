@@ -252,17 +252,39 @@ fn is_as_guessable_as_a_common_password(
     password: &str,
     entropy: Option<&Entropy>,
 ) -> bool {
-    // zxcvbn would judge only a prefix of a longer password, and no list entry or
-    // pattern it knows of is that long; refusing on the prefix would refuse long
-    // passwords whose strength lies in the rest.
-    if password.chars().count() > ZXCVBN_WINDOW {
-        return false;
-    }
-    let guesses = match entropy {
+    let chars = password.chars().count();
+    let head_guesses = match entropy {
         Some(entropy) => entropy.guesses(),
-        None => estimate(policy, ctx, password).guesses(),
+        None => {
+            let head: String = password.chars().take(ZXCVBN_WINDOW).collect();
+            estimate(policy, ctx, &head).guesses()
+        }
     };
-    guesses <= COMMON_PASSWORD_GUESSES
+    if head_guesses > COMMON_PASSWORD_GUESSES || chars <= ZXCVBN_WINDOW {
+        return head_guesses <= COMMON_PASSWORD_GUESSES;
+    }
+    // zxcvbn looks at no more than its window. A longer password whose first window is
+    // guessable is as guessable as a common one when it only repeats that beginning
+    // ("a" × 500, "password" × 20), or when its last window is guessable too; a phrase
+    // whose strength lies past the first window is not.
+    let typed: Vec<char> = password.chars().collect();
+    if repeats_a_short_unit(&typed) {
+        return true;
+    }
+    let tail: String = typed[chars - ZXCVBN_WINDOW..].iter().collect();
+    estimate(policy, ctx, &tail).guesses() <= COMMON_PASSWORD_GUESSES
+}
+
+/// Whether `typed` is one unit of at most half the zxcvbn window written again and again
+/// (the last copy may be cut short).
+fn repeats_a_short_unit(typed: &[char]) -> bool {
+    (1..=ZXCVBN_WINDOW / 2).any(|period| {
+        typed
+            .iter()
+            .skip(period)
+            .zip(typed)
+            .all(|(later, earlier)| later == earlier)
+    })
 }
 
 /// zxcvbn also penalises the account's own words (email, service name) as guessable.
@@ -396,6 +418,28 @@ mod tests {
         };
         let typed = random_ish(128);
         assert!(NewPassword::parse(&policy, &single_factor(), &typed, &typed).is_ok());
+    }
+
+    #[test]
+    fn a_long_run_of_one_character_is_as_common_as_it_looks() {
+        for len in [101, 500, 1024] {
+            assert_eq!(
+                parse(single_factor(), &"a".repeat(len)).unwrap_err(),
+                PolicyViolation::Common,
+                "{len} characters"
+            );
+        }
+        let typed = "password".repeat(20);
+        assert_eq!(
+            parse(single_factor(), &typed).unwrap_err(),
+            PolicyViolation::Common
+        );
+    }
+
+    #[test]
+    fn a_long_password_whose_strength_lies_past_the_first_hundred_characters_is_accepted() {
+        let typed = format!("{}{}", "a".repeat(100), random_ish(20));
+        assert!(parse(single_factor(), &typed).is_ok());
     }
 
     #[test]
