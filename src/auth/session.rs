@@ -6,6 +6,7 @@ use uuid::Uuid;
 
 use super::Origin;
 use crate::store::sessions;
+use crate::store::users::User;
 
 const USER_ID: &str = "user_id";
 const IP: &str = "ip";
@@ -14,9 +15,18 @@ const SIGNED_IN_AT: &str = "signed_in_at";
 const PENDING_USER_ID: &str = "pending_user_id";
 const PENDING_UNTIL: &str = "pending_until";
 const PENDING_NEXT: &str = "pending_next";
+const PENDING_PASSWORD_SET_AT: &str = "pending_password_set_at";
 
 /// How long a correct password waits for its second factor.
 const SECOND_STEP_SECS: i64 = 300;
+
+/// A half-signed-in session: whose, where to go after, and the password it began with.
+#[derive(Debug, Clone)]
+pub struct PendingSecondStep {
+    pub user_id: Uuid,
+    pub next: Option<String>,
+    pub password_set_at: time::OffsetDateTime,
+}
 
 #[derive(Clone)]
 pub struct AuthSession(Session);
@@ -44,7 +54,12 @@ impl AuthSession {
     /// (session fixation) is worth nothing.
     pub async fn sign_in(&self, user_id: Uuid, origin: &Origin) -> anyhow::Result<()> {
         self.0.cycle_id().await.map_err(err)?;
-        for key in [PENDING_USER_ID, PENDING_UNTIL, PENDING_NEXT] {
+        for key in [
+            PENDING_USER_ID,
+            PENDING_UNTIL,
+            PENDING_NEXT,
+            PENDING_PASSWORD_SET_AT,
+        ] {
             self.0.remove_value(key).await.map_err(err)?;
         }
         self.0.insert(USER_ID, user_id).await.map_err(err)?;
@@ -60,17 +75,23 @@ impl AuthSession {
 
     /// After a correct password on an account with two-factor: a half-signed-in session,
     /// under a fresh id, that reaches nothing but the second step, for five minutes.
-    pub async fn begin_second_step(&self, user_id: Uuid, next: Option<&str>) -> anyhow::Result<()> {
+    pub async fn begin_second_step(&self, user: &User, next: Option<&str>) -> anyhow::Result<()> {
         self.0.cycle_id().await.map_err(err)?;
-        self.0.insert(PENDING_USER_ID, user_id).await.map_err(err)?;
+        self.0.insert(PENDING_USER_ID, user.id).await.map_err(err)?;
         let until = time::OffsetDateTime::now_utc().unix_timestamp() + SECOND_STEP_SECS;
         self.0.insert(PENDING_UNTIL, until).await.map_err(err)?;
         self.0.insert(PENDING_NEXT, next).await.map_err(err)?;
+        // The password this step was started with: a reset or change in the meantime
+        // ends the half-signed-in session like every other one.
+        self.0
+            .insert(PENDING_PASSWORD_SET_AT, user.password_changed_at)
+            .await
+            .map_err(err)?;
         Ok(())
     }
 
     /// The account waiting for its second step, and where to go after, while in time.
-    pub async fn pending_second_step(&self) -> anyhow::Result<Option<(Uuid, Option<String>)>> {
+    pub async fn pending_second_step(&self) -> anyhow::Result<Option<PendingSecondStep>> {
         let Some(user_id) = self.0.get::<Uuid>(PENDING_USER_ID).await.map_err(err)? else {
             return Ok(None);
         };
@@ -83,13 +104,25 @@ impl AuthSession {
         if time::OffsetDateTime::now_utc().unix_timestamp() > until {
             return Ok(None);
         }
+        let Some(password_set_at) = self
+            .0
+            .get::<time::OffsetDateTime>(PENDING_PASSWORD_SET_AT)
+            .await
+            .map_err(err)?
+        else {
+            return Ok(None);
+        };
         let next = self
             .0
             .get::<Option<String>>(PENDING_NEXT)
             .await
             .map_err(err)?
             .flatten();
-        Ok(Some((user_id, next)))
+        Ok(Some(PendingSecondStep {
+            user_id,
+            next,
+            password_set_at,
+        }))
     }
 
     /// Deletes the session row and clears the cookie.

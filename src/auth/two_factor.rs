@@ -13,6 +13,7 @@ use totp_rs::{Algorithm, TOTP};
 use uuid::Uuid;
 
 use super::change::{How, store_new_password};
+use super::session::PendingSecondStep;
 use super::{Failure, Origin, confirm_password, throttle};
 use crate::app::AppState;
 use crate::domain::password::{PolicyContext, PolicyViolation, normalize};
@@ -419,12 +420,13 @@ pub async fn disable(
 /// failed attempts and records the sign-in.
 pub async fn complete_sign_in(
     state: &AppState,
-    user_id: Uuid,
+    pending: &PendingSecondStep,
     code: &str,
     origin: &Origin,
 ) -> Result<User, TwoFactorError> {
-    let user = users::find_by_id(&state.pool, user_id)
+    let user = users::find_by_id(&state.pool, pending.user_id)
         .await?
+        .filter(|user| user.password_changed_at == pending.password_set_at)
         .ok_or(TwoFactorError::WrongState)?;
     if let Err(err) = check_code(state, &user, code).await {
         if matches!(err, TwoFactorError::WrongCode) {

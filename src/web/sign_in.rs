@@ -119,7 +119,7 @@ async fn submit(
     match outcome {
         Ok(user) if user.has_two_factor() => {
             session
-                .begin_second_step(user.id, next.as_ref().map(|n| n.as_str()))
+                .begin_second_step(&user, next.as_ref().map(|n| n.as_str()))
                 .await?;
             Ok(Redirect::to("/sign-in/two-factor").into_response())
         }
@@ -214,14 +214,14 @@ async fn submit_second_step(
     session: AuthSession,
     WebForm(form): WebForm<SecondStepForm>,
 ) -> Result<Response, AppError> {
-    let Some((user_id, next)) = session.pending_second_step().await? else {
+    let Some(pending) = session.pending_second_step().await? else {
         // Five minutes passed, or there was no correct password first.
         return Ok(Redirect::to("/sign-in").into_response());
     };
-    match two_factor::complete_sign_in(&state, user_id, &form.totp_code, &origin).await {
+    match two_factor::complete_sign_in(&state, &pending, &form.totp_code, &origin).await {
         Ok(user) => {
             session.sign_in(user.id, &origin).await?;
-            let next = next.as_deref().and_then(SafeNext::parse);
+            let next = pending.next.as_deref().and_then(SafeNext::parse);
             Ok(Redirect::to(next.as_ref().map_or("/", |n| n.as_str())).into_response())
         }
         Err(TwoFactorError::Failure(Failure::Throttled { retry_after })) => Ok(throttled(

@@ -625,3 +625,38 @@ async fn new_recovery_codes_replace_the_old_ones() {
         StatusCode::SEE_OTHER,
     );
 }
+
+#[tokio::test]
+async fn a_password_change_ends_a_sign_in_waiting_for_its_second_step() {
+    let app = TestApp::spawn().await;
+    let (owner, secret, _codes) = enabled(&app, "alice@example.com").await;
+    // Someone with the old password gets as far as the second step…
+    let intruder = app.browser();
+    let response = intruder.sign_in("alice@example.com", PASSWORD).await;
+    assert_eq!(location(&response), "/sign-in/two-factor");
+    // …then the owner changes the password, which ends every other session.
+    let changed = owner
+        .submit(
+            "/settings/security",
+            "/settings/security/password",
+            &[
+                ("current_password", PASSWORD),
+                ("new_password", NEW_PASSWORD),
+                ("new_password_confirm", NEW_PASSWORD),
+            ],
+        )
+        .await;
+    assert_status(&changed, StatusCode::SEE_OTHER);
+    // Even a right code no longer completes that half-signed-in session.
+    let done = intruder
+        .submit(
+            "/sign-in/two-factor",
+            "/sign-in/two-factor",
+            &[("totp_code", &fresh_code(&secret))],
+        )
+        .await;
+    assert_status(&done, StatusCode::SEE_OTHER);
+    assert_eq!(location(&done), "/sign-in");
+    assert_eq!(location(&intruder.get("/").await), "/sign-in");
+    assert_status(&owner.get("/").await, StatusCode::OK);
+}
