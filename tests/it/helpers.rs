@@ -130,6 +130,21 @@ impl TestApp {
         n
     }
 
+    /// Asks for a reset link for `email` as a person would, and returns the token of the
+    /// `nth` mail that address has received (which must be the last one).
+    pub async fn request_reset_link(&self, browser: &Browser, email: &str, nth: usize) -> String {
+        let response = browser
+            .submit("/forgot-password", "/forgot-password", &[("email", email)])
+            .await;
+        assert_status(&response, StatusCode::OK);
+        let mails = self.mails_to(email, nth).await;
+        assert_eq!(mails.len(), nth, "mails to {email}");
+        let link = mails[nth - 1].first_link().expect("a link in the mail");
+        let prefix = format!("{}/reset-password?token=", self.base);
+        assert!(link.starts_with(&prefix), "{link}");
+        link[prefix.len()..].to_owned()
+    }
+
     /// Waits for the `n`-th mail to `to` and returns all mail to that address.
     pub async fn mails_to(&self, to: &str, n: usize) -> Vec<ReceivedMail> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
@@ -197,6 +212,20 @@ impl Browser {
             "/sign-in",
             "/sign-in",
             &[("email", email), ("password", password)],
+        )
+        .await
+    }
+
+    /// Submits the reset form of the link with `token`, as the page does.
+    pub async fn reset_password(&self, token: &str, password: &str, confirm: &str) -> Response {
+        self.submit(
+            &format!("/reset-password?token={token}"),
+            "/reset-password",
+            &[
+                ("token", token),
+                ("new_password", password),
+                ("new_password_confirm", confirm),
+            ],
         )
         .await
     }

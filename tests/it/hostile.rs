@@ -832,21 +832,6 @@ async fn snapshot(app: &TestApp) -> String {
     .expect("snapshot")
 }
 
-/// A live reset link for `email`, asked for the way a person would.
-async fn live_token(app: &TestApp, browser: &Browser, email: &str) -> String {
-    let answer = browser
-        .submit("/forgot-password", "/forgot-password", &[("email", email)])
-        .await;
-    assert_status(&answer, StatusCode::OK);
-    let mails = app.mails_to(email, 1).await;
-    let link = mails
-        .first()
-        .and_then(|m| m.first_link())
-        .expect("a reset link");
-    let (_, token) = link.split_once("token=").expect("token in the link");
-    token.to_owned()
-}
-
 fn cookie_from(browser: &Browser, name: &str) -> Option<String> {
     use reqwest::cookie::CookieStore;
     let url = browser.url("/").parse().expect("url");
@@ -895,7 +880,7 @@ fn attack(threads: &'static str, who: Who, tweak: fn(&mut latchkey::config::Conf
             None
         } else {
             app.create_user(EMAIL, PASSWORD).await;
-            Some(live_token(&app, &app.browser(), EMAIL).await)
+            Some(app.request_reset_link(&app.browser(), EMAIL, 1).await)
         };
         app.create_user("bob@example.com", NEW_PASSWORD).await;
         let browser = app.browser();

@@ -41,19 +41,6 @@ async fn age_session(app: &TestApp, browser: &Browser, set: &str) {
         .expect("aging a session");
 }
 
-async fn request_link(app: &TestApp, browser: &Browser) -> String {
-    let answer = browser
-        .submit("/forgot-password", "/forgot-password", &[("email", EMAIL)])
-        .await;
-    assert_status(&answer, StatusCode::OK);
-    let mails = app.mails_to(EMAIL, 1).await;
-    let link = mails
-        .first()
-        .and_then(|m| m.first_link())
-        .expect("a reset link");
-    link.split_once("token=").expect("a token").1.to_owned()
-}
-
 async fn wait_until_delivered(app: &TestApp) {
     for _ in 0..300 {
         if app
@@ -107,7 +94,7 @@ async fn the_sweep_deletes_only_what_is_dead_and_keeps_what_is_live() {
     );
 
     // Reset tokens: a live one from the mail, then dead and recently dead ones.
-    let token = request_link(&app, &app.browser()).await;
+    let token = app.request_reset_link(&app.browser(), EMAIL, 1).await;
     wait_until_delivered(&app).await;
     for (expires, used) in [
         ("now() - interval '2 days'", "null"), // expired long ago: goes

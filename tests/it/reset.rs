@@ -6,34 +6,6 @@ use reqwest::StatusCode;
 
 use crate::helpers::*;
 
-/// Asks for a link for `email` and returns the token from the mail that arrives.
-async fn request_link(app: &TestApp, browser: &Browser, email: &str, nth: usize) -> String {
-    let response = browser
-        .submit("/forgot-password", "/forgot-password", &[("email", email)])
-        .await;
-    assert_status(&response, StatusCode::OK);
-    let mails = app.mails_to(email, nth).await;
-    assert_eq!(mails.len(), nth, "mails to {email}");
-    let link = mails[nth - 1].first_link().expect("a link in the mail");
-    let prefix = format!("{}/reset-password?token=", app.base);
-    assert!(link.starts_with(&prefix), "{link}");
-    link[prefix.len()..].to_owned()
-}
-
-async fn reset(browser: &Browser, token: &str, password: &str, confirm: &str) -> reqwest::Response {
-    browser
-        .submit(
-            &format!("/reset-password?token={token}"),
-            "/reset-password",
-            &[
-                ("token", token),
-                ("new_password", password),
-                ("new_password_confirm", confirm),
-            ],
-        )
-        .await
-}
-
 #[tokio::test]
 async fn a_forgotten_password_is_replaced_through_the_emailed_link() {
     let app = TestApp::spawn().await;
@@ -47,7 +19,9 @@ async fn a_forgotten_password_is_replaced_through_the_emailed_link() {
     let sign_in_page = browser.get("/sign-in").await.text().await.unwrap();
     assert!(sign_in_page.contains("href=\"/forgot-password\""));
     assert!(sign_in_page.contains("Forgot your password?"));
-    let token = request_link(&app, &browser, "alice@example.com", 1).await;
+    let token = app
+        .request_reset_link(&browser, "alice@example.com", 1)
+        .await;
     let mail = &app.smtp.messages_to("alice@example.com")[0];
     assert_eq!(
         mail.subject().as_deref(),
@@ -63,7 +37,9 @@ async fn a_forgotten_password_is_replaced_through_the_emailed_link() {
     );
     assert!(form.contains("autocomplete=\"new-password\""));
 
-    let done = reset(&browser, &token, NEW_PASSWORD, NEW_PASSWORD).await;
+    let done = browser
+        .reset_password(&token, NEW_PASSWORD, NEW_PASSWORD)
+        .await;
     assert_status(&done, StatusCode::SEE_OTHER);
     assert!(location(&done).starts_with("/sign-in"));
     // A reset never signs anyone in by itself.
@@ -168,19 +144,23 @@ async fn a_link_works_once() {
     let app = TestApp::spawn().await;
     app.create_user("alice@example.com", PASSWORD).await;
     let browser = app.browser();
-    let token = request_link(&app, &browser, "alice@example.com", 1).await;
+    let token = app
+        .request_reset_link(&browser, "alice@example.com", 1)
+        .await;
     assert_status(
-        &reset(&browser, &token, NEW_PASSWORD, NEW_PASSWORD).await,
+        &browser
+            .reset_password(&token, NEW_PASSWORD, NEW_PASSWORD)
+            .await,
         StatusCode::SEE_OTHER,
     );
 
-    let again = reset(
-        &browser,
-        &token,
-        "yet another passphrase here",
-        "yet another passphrase here",
-    )
-    .await;
+    let again = browser
+        .reset_password(
+            &token,
+            "yet another passphrase here",
+            "yet another passphrase here",
+        )
+        .await;
     assert_status(&again, StatusCode::GONE);
     assert!(again.text().await.unwrap().contains("Request a new link"));
     assert_status(
@@ -200,7 +180,9 @@ async fn opening_the_link_twice_does_not_use_it_up() {
     let app = TestApp::spawn().await;
     app.create_user("alice@example.com", PASSWORD).await;
     let browser = app.browser();
-    let token = request_link(&app, &browser, "alice@example.com", 1).await;
+    let token = app
+        .request_reset_link(&browser, "alice@example.com", 1)
+        .await;
     // A mail scanner opens it, then the person does.
     assert_status(
         &app.browser()
@@ -213,7 +195,9 @@ async fn opening_the_link_twice_does_not_use_it_up() {
         StatusCode::OK,
     );
     assert_status(
-        &reset(&browser, &token, NEW_PASSWORD, NEW_PASSWORD).await,
+        &browser
+            .reset_password(&token, NEW_PASSWORD, NEW_PASSWORD)
+            .await,
         StatusCode::SEE_OTHER,
     );
 }
@@ -223,14 +207,18 @@ async fn an_expired_link_is_refused_and_changes_nothing() {
     let app = TestApp::spawn_with(|c| c.reset_token_ttl_secs = 1).await;
     app.create_user("alice@example.com", PASSWORD).await;
     let browser = app.browser();
-    let token = request_link(&app, &browser, "alice@example.com", 1).await;
+    let token = app
+        .request_reset_link(&browser, "alice@example.com", 1)
+        .await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_status(
         &browser.get(&format!("/reset-password?token={token}")).await,
         StatusCode::GONE,
     );
     assert_status(
-        &reset(&browser, &token, NEW_PASSWORD, NEW_PASSWORD).await,
+        &browser
+            .reset_password(&token, NEW_PASSWORD, NEW_PASSWORD)
+            .await,
         StatusCode::GONE,
     );
     assert_status(
@@ -244,16 +232,22 @@ async fn tampered_tokens_fail() {
     let app = TestApp::spawn().await;
     app.create_user("alice@example.com", PASSWORD).await;
     let browser = app.browser();
-    let token = request_link(&app, &browser, "alice@example.com", 1).await;
+    let token = app
+        .request_reset_link(&browser, "alice@example.com", 1)
+        .await;
     let mut tampered: Vec<char> = token.chars().collect();
     tampered[5] = if tampered[5] == 'A' { 'B' } else { 'A' };
     let tampered: String = tampered.into_iter().collect();
     for bad in [tampered.as_str(), &token[..20], "", "x"] {
-        let response = reset(&browser, bad, NEW_PASSWORD, NEW_PASSWORD).await;
+        let response = browser
+            .reset_password(bad, NEW_PASSWORD, NEW_PASSWORD)
+            .await;
         assert_status(&response, StatusCode::BAD_REQUEST);
     }
     assert_status(
-        &reset(&browser, &token, NEW_PASSWORD, NEW_PASSWORD).await,
+        &browser
+            .reset_password(&token, NEW_PASSWORD, NEW_PASSWORD)
+            .await,
         StatusCode::SEE_OTHER,
     );
 }
@@ -264,7 +258,9 @@ async fn a_token_only_ever_changes_its_own_account() {
     app.create_user("alice@example.com", PASSWORD).await;
     app.create_user("bob@example.com", PASSWORD).await;
     let browser = app.browser();
-    let alice_token = request_link(&app, &browser, "alice@example.com", 1).await;
+    let alice_token = app
+        .request_reset_link(&browser, "alice@example.com", 1)
+        .await;
     // The form's hidden username is decoration: the token alone names the account.
     let response = browser
         .submit(
@@ -296,14 +292,22 @@ async fn a_newer_link_voids_the_older_one() {
     let app = TestApp::spawn().await;
     app.create_user("alice@example.com", PASSWORD).await;
     let browser = app.browser();
-    let first = request_link(&app, &browser, "alice@example.com", 1).await;
-    let second = request_link(&app, &browser, "alice@example.com", 2).await;
+    let first = app
+        .request_reset_link(&browser, "alice@example.com", 1)
+        .await;
+    let second = app
+        .request_reset_link(&browser, "alice@example.com", 2)
+        .await;
     assert_status(
-        &reset(&browser, &first, NEW_PASSWORD, NEW_PASSWORD).await,
+        &browser
+            .reset_password(&first, NEW_PASSWORD, NEW_PASSWORD)
+            .await,
         StatusCode::GONE,
     );
     assert_status(
-        &reset(&browser, &second, NEW_PASSWORD, NEW_PASSWORD).await,
+        &browser
+            .reset_password(&second, NEW_PASSWORD, NEW_PASSWORD)
+            .await,
         StatusCode::SEE_OTHER,
     );
 }
@@ -313,7 +317,9 @@ async fn twenty_concurrent_redemptions_of_one_token_give_exactly_one_success() {
     let app = TestApp::spawn_with(|c| c.argon2.queue = 64).await;
     app.create_user("alice@example.com", PASSWORD).await;
     let browser = app.browser();
-    let token = request_link(&app, &browser, "alice@example.com", 1).await;
+    let token = app
+        .request_reset_link(&browser, "alice@example.com", 1)
+        .await;
     let csrf = browser.csrf_token("/sign-in").await;
     let attempts = (0..20).map(|i| {
         let client = browser.client.clone();
@@ -362,7 +368,9 @@ async fn the_raw_token_is_stored_nowhere() {
     let app = TestApp::spawn().await;
     app.create_user("alice@example.com", PASSWORD).await;
     let browser = app.browser();
-    let token = request_link(&app, &browser, "alice@example.com", 1).await;
+    let token = app
+        .request_reset_link(&browser, "alice@example.com", 1)
+        .await;
     // Delivered mail has its body cleared, so no live link stays in the outbox.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (dump,): (String,) = sqlx::query_as(
@@ -418,7 +426,9 @@ async fn policy_failures_are_explained_beside_the_field_and_keep_the_link() {
     let app = TestApp::spawn().await;
     app.create_user("alice@example.com", PASSWORD).await;
     let browser = app.browser();
-    let token = request_link(&app, &browser, "alice@example.com", 1).await;
+    let token = app
+        .request_reset_link(&browser, "alice@example.com", 1)
+        .await;
     for (password, confirm, message) in [
         (
             "too short",
@@ -437,7 +447,7 @@ async fn policy_failures_are_explained_beside_the_field_and_keep_the_link() {
             "must not contain",
         ),
     ] {
-        let response = reset(&browser, &token, password, confirm).await;
+        let response = browser.reset_password(&token, password, confirm).await;
         assert_status(&response, StatusCode::UNPROCESSABLE_ENTITY);
         let body = response.text().await.unwrap();
         assert!(body.contains(message), "{message}: {body}");
@@ -447,7 +457,7 @@ async fn policy_failures_are_explained_beside_the_field_and_keep_the_link() {
     let long: String = "ünïcødé and spaces 🔑 ".repeat(8);
     assert!(long.chars().count() >= 128);
     assert_status(
-        &reset(&browser, &token, &long, &long).await,
+        &browser.reset_password(&token, &long, &long).await,
         StatusCode::SEE_OTHER,
     );
     assert_status(
@@ -462,7 +472,8 @@ async fn an_address_gets_at_most_three_links_an_hour() {
     app.create_user("alice@example.com", PASSWORD).await;
     let browser = app.browser();
     for n in 1..=3 {
-        request_link(&app, &browser, "alice@example.com", n).await;
+        app.request_reset_link(&browser, "alice@example.com", n)
+            .await;
     }
     let fourth = browser
         .submit(
