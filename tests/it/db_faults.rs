@@ -55,11 +55,12 @@ async fn assert_outage_page(what: &str, response: Response) {
     assert!(body.contains("Try again"), "{what}: {body}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_database_outage_answers_503_quickly_and_the_service_recovers_by_itself() {
+/// The service on a fresh test database that it reaches only through a proxy the test
+/// can cut, with a 1 s pool acquire timeout.
+async fn app_behind_proxy() -> (TcpProxy, TestApp) {
     let proxy = TcpProxy::start(postgres_addr()).await;
     let proxy_port = proxy.addr.port();
-    let mut app = TestApp::spawn_with(|config| {
+    let app = TestApp::spawn_with(|config| {
         // Same database (the harness has just named it), reached through the proxy.
         let mut url = url::Url::parse(config.database_url.expose_secret()).expect("url");
         url.set_host(Some("127.0.0.1")).expect("host");
@@ -68,6 +69,12 @@ async fn a_database_outage_answers_503_quickly_and_the_service_recovers_by_itsel
         config.db_acquire_timeout_ms = 1000;
     })
     .await;
+    (proxy, app)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_answers_503_quickly_and_the_service_recovers_by_itself() {
+    let (proxy, mut app) = app_behind_proxy().await;
     // The test's own view of the database does not go through the proxy.
     let direct = process::connect(&app.database_url).await;
     app.create_user("alice@example.com", PASSWORD).await;
@@ -158,17 +165,7 @@ async fn a_database_outage_answers_503_quickly_and_the_service_recovers_by_itsel
     let link = mails[0].first_link().expect("link");
     let path = link.strip_prefix(&app.base).expect("link to this service");
     let token = path.split("token=").nth(1).expect("token").to_owned();
-    let done = bob
-        .submit(
-            path,
-            "/reset-password",
-            &[
-                ("token", &token),
-                ("new_password", NEW_PASSWORD),
-                ("new_password_confirm", NEW_PASSWORD),
-            ],
-        )
-        .await;
+    let done = bob.reset_password(&token, NEW_PASSWORD, NEW_PASSWORD).await;
     assert_status(&done, StatusCode::SEE_OTHER);
     assert_status(
         &app.browser().sign_in("bob@example.com", NEW_PASSWORD).await,
@@ -251,16 +248,7 @@ async fn answers_503_without_hanging(app: &TestApp, session: &str) {
 /// the outage page, not a bare 500.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_while_the_session_is_saved_answers_the_outage_page() {
-    let proxy = TcpProxy::start(postgres_addr()).await;
-    let proxy_port = proxy.addr.port();
-    let mut app = TestApp::spawn_with(|config| {
-        let mut url = url::Url::parse(config.database_url.expose_secret()).expect("url");
-        url.set_host(Some("127.0.0.1")).expect("host");
-        url.set_port(Some(proxy_port)).expect("port");
-        config.database_url = SecretString::from(url.to_string());
-        config.db_acquire_timeout_ms = 1000;
-    })
-    .await;
+    let (proxy, mut app) = app_behind_proxy().await;
     let direct = process::connect(&app.database_url).await;
     app.create_user("alice@example.com", PASSWORD).await;
     // Holds every new session row for a while, so the cut lands during its insert.
