@@ -183,21 +183,26 @@ pub async fn touch(
     Ok(())
 }
 
-/// Deletes every session of the account except `keep` (when given); returns how many went.
+/// Deletes every session of the account except `keep` (when given); returns how many
+/// live ones went (expired rows awaiting housekeeping go too, uncounted).
 pub async fn delete_for_user(
     conn: &mut sqlx::PgConnection,
     user_id: Uuid,
     keep: Option<&Id>,
 ) -> anyhow::Result<u64> {
     let keep = keep.map(id_hash);
-    let done = sqlx::query(
-        "delete from sessions where user_id = $1 and ($2::bytea is null or id_hash <> $2)",
+    let (live,): (i64,) = sqlx::query_as(
+        "with gone as (
+             delete from sessions where user_id = $1 and ($2::bytea is null or id_hash <> $2)
+             returning expires_at
+         )
+         select count(*) filter (where expires_at > now()) from gone",
     )
     .bind(user_id)
     .bind(keep)
-    .execute(conn)
+    .fetch_one(conn)
     .await?;
-    Ok(done.rows_affected())
+    Ok(u64::try_from(live).unwrap_or(0))
 }
 
 /// Signs out one session of the account, named by its public id.

@@ -307,3 +307,47 @@ async fn recent_activity_lists_the_accounts_security_events() {
     assert!(changed < signed_in && signed_in < failed, "newest first");
     assert!(activity.contains("127.0.0.1"));
 }
+
+#[tokio::test]
+async fn sign_out_other_sessions_counts_only_the_live_ones() {
+    let app = TestApp::spawn().await;
+    app.create_user("alice@example.com", PASSWORD).await;
+    let me = app.browser();
+    let laptop = app.browser();
+    let old_phone = app.browser();
+    for b in [&me, &laptop, &old_phone] {
+        b.sign_in("alice@example.com", PASSWORD).await;
+    }
+    // The old phone's session ran out; housekeeping has not swept it yet.
+    let id: tower_sessions::session::Id = old_phone
+        .session_cookie()
+        .expect("cookie")
+        .parse()
+        .expect("session id");
+    sqlx::query("update sessions set expires_at = now() - interval '1 minute' where id_hash = $1")
+        .bind(latchkey::store::sessions::id_hash(&id))
+        .execute(&app.pool)
+        .await
+        .expect("expire a session");
+    assert_eq!(old_phone.get("/").await.status(), StatusCode::SEE_OTHER);
+
+    let response = me
+        .submit(
+            "/settings/security",
+            "/settings/security/sessions/revoke-others",
+            &[],
+        )
+        .await;
+    assert_status(&response, StatusCode::SEE_OTHER);
+    assert!(
+        location(&response).contains("count=1"),
+        "{}",
+        location(&response)
+    );
+    assert_eq!(laptop.get("/").await.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        app.count("select count(*) from sessions where user_id is not null")
+            .await,
+        1
+    );
+}
