@@ -190,15 +190,7 @@ async fn the_sweep_deletes_only_what_is_dead_and_keeps_what_is_live() {
     assert_eq!(app.count("select count(*) from reset_tokens").await, 3);
     let reset = app
         .browser()
-        .submit(
-            &format!("/reset-password?token={token}"),
-            "/reset-password",
-            &[
-                ("token", &token),
-                ("new_password", NEW_PASSWORD),
-                ("new_password_confirm", NEW_PASSWORD),
-            ],
-        )
+        .reset_password(&token, NEW_PASSWORD, NEW_PASSWORD)
         .await;
     assert_status(&reset, StatusCode::SEE_OTHER);
 

@@ -213,16 +213,23 @@ async fn wrong_current_passwords_count_toward_the_throttle() {
     );
 }
 
+/// Alice's account, signed in on three browsers.
+async fn three_signed_in_devices(app: &TestApp) -> [Browser; 3] {
+    app.create_user("alice@example.com", PASSWORD).await;
+    let devices = [app.browser(), app.browser(), app.browser()];
+    for device in &devices {
+        assert_status(
+            &device.sign_in("alice@example.com", PASSWORD).await,
+            StatusCode::SEE_OTHER,
+        );
+    }
+    devices
+}
+
 #[tokio::test]
 async fn other_sessions_can_be_signed_out_all_at_once_or_one_by_one() {
     let app = TestApp::spawn().await;
-    app.create_user("alice@example.com", PASSWORD).await;
-    let me = app.browser();
-    let laptop = app.browser();
-    let phone = app.browser();
-    for b in [&me, &laptop, &phone] {
-        b.sign_in("alice@example.com", PASSWORD).await;
-    }
+    let [me, laptop, phone] = three_signed_in_devices(&app).await;
     let page = me.get("/settings/security").await.text().await.unwrap();
     assert!(page.contains("Sign out other sessions"));
     assert_eq!(
@@ -311,13 +318,7 @@ async fn recent_activity_lists_the_accounts_security_events() {
 #[tokio::test]
 async fn sign_out_other_sessions_counts_only_the_live_ones() {
     let app = TestApp::spawn().await;
-    app.create_user("alice@example.com", PASSWORD).await;
-    let me = app.browser();
-    let laptop = app.browser();
-    let old_phone = app.browser();
-    for b in [&me, &laptop, &old_phone] {
-        b.sign_in("alice@example.com", PASSWORD).await;
-    }
+    let [me, laptop, old_phone] = three_signed_in_devices(&app).await;
     // The old phone's session ran out; housekeeping has not swept it yet.
     let id: tower_sessions::session::Id = old_phone
         .session_cookie()
