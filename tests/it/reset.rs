@@ -571,3 +571,52 @@ async fn mail_queued_while_smtp_is_down_is_delivered_once_it_returns_even_across
         1
     );
 }
+
+/// The operator's knob, as the real binary reads it from its environment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_link_lifetime_follows_latchkey_reset_token_ttl_secs() {
+    let smtp = crate::smtp_sink::SmtpSink::start().await;
+    let database_url = crate::process::fresh_database_url();
+    let service = crate::process::ServiceProcess::start(
+        &database_url,
+        &smtp.url(),
+        &[("LATCHKEY_RESET_TOKEN_TTL_SECS", "3")],
+    )
+    .await;
+    let db = crate::process::connect(&database_url).await;
+    crate::process::create_users(&db, &["alice@example.com".into()], PASSWORD).await;
+    let browser = Browser::new(&service.base);
+    let asked = browser
+        .submit(
+            "/forgot-password",
+            "/forgot-password",
+            &[("email", "alice@example.com")],
+        )
+        .await;
+    assert_status(&asked, StatusCode::OK);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let link = loop {
+        if let Some(link) = smtp
+            .messages_to("alice@example.com")
+            .first()
+            .and_then(|m| m.first_link())
+        {
+            break link;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no reset mail");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let (lifetime,): (f64,) = sqlx::query_as(
+        "select extract(epoch from expires_at - created_at)::float8 from reset_tokens",
+    )
+    .fetch_one(&db)
+    .await
+    .expect("token row");
+    assert!((lifetime - 3.0).abs() < 0.5, "lifetime {lifetime} s");
+    let token = link.split("token=").nth(1).expect("token").to_owned();
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert_status(
+        &browser.get(&format!("/reset-password?token={token}")).await,
+        StatusCode::GONE,
+    );
+}
