@@ -1,6 +1,7 @@
 //! latchkey's integration tests: the real server on a random port, a fresh Postgres
 //! database per test, real SMTP to a local sink, driven over HTTP with a cookie jar.
 
+mod burst;
 mod cli;
 mod crash;
 mod db_faults;
