@@ -12,6 +12,7 @@ mod instances;
 mod migrations;
 mod process;
 mod reset;
+mod server_limits;
 mod settings;
 mod sign_in;
 mod smtp_sink;
