@@ -336,7 +336,10 @@ async fn serve(
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .keep_alive(true);
-    let open = metrics::gauge!("latchkey_http_connections_open", "listener" => name);
+    let bound = listener
+        .local_addr()
+        .map_or_else(|_| name.to_owned(), |a| a.to_string());
+    let open = metrics::gauge!("latchkey_http_connections_open", "listener" => bound);
     loop {
         let slot = tokio::select! {
             slot = slots.clone().acquire_owned() => slot.context("the connection slots closed")?,

@@ -9,7 +9,7 @@ use reqwest::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::burst::target;
+use crate::burst::{RawRequest, burst, source, tally, target};
 use crate::helpers::*;
 
 /// Half a request head: the request line and one header, then nothing.
@@ -66,4 +66,114 @@ async fn a_request_head_that_never_ends_is_cut_off_while_others_are_served() {
         closed < Duration::from_secs(3),
         "closed only after {closed:?}"
     );
+}
+
+/// The `latchkey_http_connections_open` gauge of the listener at `base`, read from the
+/// metrics listener at `metrics_base`.
+async fn open_connections(metrics_base: &str, base: &str) -> f64 {
+    let text = Browser::new(metrics_base)
+        .get("/metrics")
+        .await
+        .text()
+        .await
+        .expect("body");
+    let label = format!(
+        "latchkey_http_connections_open{{listener=\"{}\"}} ",
+        base.trim_start_matches("http://")
+    );
+    text.lines()
+        .find_map(|line| line.strip_prefix(&label))
+        .map_or(0.0, |value| value.trim().parse().expect("a number"))
+}
+
+#[tokio::test]
+async fn ten_slow_connections_get_at_most_four_slots_and_the_server_recovers() {
+    const TIMEOUT: Duration = Duration::from_secs(2);
+    let app = TestApp::spawn_with(|c| {
+        c.header_read_timeout_secs = TIMEOUT.as_secs();
+        c.max_connections = 4;
+        c.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"));
+    })
+    .await;
+    let metrics_base = app.metrics_base().expect("a metrics listener");
+    let slow: Vec<RawRequest> = (0..10)
+        .map(|i| RawRequest {
+            source: source(i, 10),
+            target: target(&app.base),
+            bytes: HALF_HEAD.to_vec(),
+        })
+        .collect();
+    let started = Instant::now();
+    let slow = tokio::spawn(burst(slow));
+
+    // While they hold the slots, the server never serves more than four connections,
+    // and a normal request waits its turn rather than being served beside them.
+    let base = app.base.clone();
+    let normal = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let asked = Instant::now();
+        let status = Browser::new(&base).get("/healthz").await.status();
+        (status, asked.elapsed())
+    });
+    let mut most = 0.0f64;
+    while !slow.is_finished() {
+        most = most.max(open_connections(&metrics_base, &app.base).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let slow = slow.await.expect("burst");
+    let took = started.elapsed();
+    let (status, waited) = normal.await.expect("normal request");
+    eprintln!(
+        "10 half heads, cap 4, timeout {TIMEOUT:?}: all closed after {took:?}; \
+         most open at once {most}; a normal request waited {waited:?}"
+    );
+    assert!(slow.iter().all(|r| r.status != 200), "{:?}", tally(&slow));
+    assert_eq!(most, 4.0, "connections served at once");
+    // Ten connections four at a time take three timeouts; five or more at once, two.
+    assert!(took >= TIMEOUT * 3 - Duration::from_millis(300), "{took:?}");
+    assert_eq!(status, StatusCode::OK);
+    assert!(waited >= TIMEOUT - Duration::from_millis(500), "{waited:?}");
+
+    // Recovered: the slots are free again and requests are answered at once.
+    let asked = Instant::now();
+    assert_status(&app.browser().get("/healthz").await, StatusCode::OK);
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        asked.elapsed()
+    );
+    let open = open_connections(&metrics_base, &app.base).await;
+    assert!(
+        open <= 1.0,
+        "the slow connections let go of their slots: {open} open"
+    );
+}
+
+#[tokio::test]
+async fn metrics_move_to_their_own_listener_when_metrics_listen_is_set() {
+    let app =
+        TestApp::spawn_with(|c| c.metrics_listen = Some("127.0.0.1:0".parse().expect("addr")))
+            .await;
+    let metrics_base = app.metrics_base().expect("a metrics listener");
+    assert_status(&app.browser().get("/healthz").await, StatusCode::OK);
+
+    assert_status(&app.browser().get("/metrics").await, StatusCode::NOT_FOUND);
+    let metrics = Browser::new(&metrics_base).get("/metrics").await;
+    assert_status(&metrics, StatusCode::OK);
+    let text = metrics.text().await.expect("body");
+    assert!(
+        text.contains("latchkey_http_request_duration_seconds"),
+        "{text}"
+    );
+    // Only /metrics answers there: the pages stay on the main listener.
+    for path in ["/sign-in", "/healthz", "/"] {
+        assert_status(
+            &Browser::new(&metrics_base).get(path).await,
+            StatusCode::NOT_FOUND,
+        );
+    }
+
+    // Unset, /metrics stays where it was.
+    let plain = TestApp::spawn().await;
+    assert_status(&plain.browser().get("/metrics").await, StatusCode::OK);
 }
