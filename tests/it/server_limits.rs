@@ -11,6 +11,7 @@ use tokio::net::TcpStream;
 
 use crate::burst::{RawRequest, burst, source, tally, target};
 use crate::helpers::*;
+use crate::process::{ServiceProcess, fresh_database_url};
 
 /// Half a request head: the request line and one header, then nothing.
 const HALF_HEAD: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\n";
@@ -176,4 +177,28 @@ async fn metrics_move_to_their_own_listener_when_metrics_listen_is_set() {
     // Unset, /metrics stays where it was.
     let plain = TestApp::spawn().await;
     assert_status(&plain.browser().get("/metrics").await, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_generated_development_key_is_readable_by_its_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let smtp = crate::smtp_sink::SmtpSink::start().await;
+    let process = ServiceProcess::start_without_secret_key(
+        &fresh_database_url(),
+        &smtp.url(),
+        &[("LATCHKEY_SMTP_URL", "")],
+    )
+    .await;
+    let mode = |path: &str| {
+        std::fs::metadata(process.dir().join(path))
+            .unwrap_or_else(|e| panic!("{path}: {e}"))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    let (key, var) = (mode("var/secret_key"), mode("var"));
+    eprintln!("var/secret_key {key:o}, var/ {var:o}");
+    assert_eq!(key, 0o600, "var/secret_key is {key:o}");
+    assert_eq!(var, 0o700, "var/ is {var:o}");
 }
