@@ -5,6 +5,7 @@ mod burst;
 mod cli;
 mod crash;
 mod db_faults;
+mod email_key;
 mod helpers;
 mod hostile;
 mod housekeeping;
