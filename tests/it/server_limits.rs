@@ -69,6 +69,48 @@ async fn a_request_head_that_never_ends_is_cut_off_while_others_are_served() {
     );
 }
 
+/// Reads one `/healthz` answer (`ok\n` body) from a keep-alive connection.
+async fn read_healthz_answer(stream: &mut TcpStream) -> String {
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !raw.ends_with(b"\r\n\r\nok\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+            .await
+            .expect("an answer within 5 s")
+            .expect("read");
+        assert!(
+            n > 0,
+            "closed mid-answer: {}",
+            String::from_utf8_lossy(&raw)
+        );
+        raw.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&raw).into_owned()
+}
+
+#[tokio::test]
+async fn keep_alive_serves_several_requests_and_an_idle_connection_is_closed() {
+    let app = TestApp::spawn_with(|c| c.header_read_timeout_secs = 1).await;
+    let mut stream = TcpStream::connect(target(&app.base))
+        .await
+        .expect("connect");
+    for _ in 0..3 {
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("write");
+        let answer = read_healthz_answer(&mut stream).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+    // Idle between requests counts as waiting for the next head.
+    let closed = time_until_closed(&mut stream, Duration::from_secs(15)).await;
+    let closed = closed.expect("an idle keep-alive connection is closed");
+    assert!(
+        closed < Duration::from_secs(3),
+        "closed only after {closed:?}"
+    );
+}
+
 /// The `latchkey_http_connections_open` gauge of the listener at `base`, read from the
 /// metrics listener at `metrics_base`.
 async fn open_connections(metrics_base: &str, base: &str) -> f64 {
@@ -183,13 +225,8 @@ async fn metrics_move_to_their_own_listener_when_metrics_listen_is_set() {
 async fn a_generated_development_key_is_readable_by_its_owner_only() {
     use std::os::unix::fs::PermissionsExt;
 
-    let smtp = crate::smtp_sink::SmtpSink::start().await;
-    let process = ServiceProcess::start_without_secret_key(
-        &fresh_database_url(),
-        &smtp.url(),
-        &[("LATCHKEY_SMTP_URL", "")],
-    )
-    .await;
+    // No SMTP URL either: the file transport's var/mail must not make var/ public first.
+    let process = ServiceProcess::start_without_secret_key(&fresh_database_url(), "", &[]).await;
     let mode = |path: &str| {
         std::fs::metadata(process.dir().join(path))
             .unwrap_or_else(|e| panic!("{path}: {e}"))
