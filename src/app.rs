@@ -6,17 +6,23 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
+use axum::extract::ConnectInfo;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
 use metrics_exporter_prometheus::PrometheusHandle;
 use secrecy::ExposeSecret;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
-use tower::ServiceBuilder;
+use tower::{ServiceBuilder, ServiceExt};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
@@ -158,9 +164,11 @@ pub fn router(state: AppState) -> Router {
             web::csrf::protect,
         ));
 
-    let mut app = Router::new()
-        .merge(pages)
-        .merge(web::health::router())
+    let mut app = Router::new().merge(pages).merge(web::health::router());
+    if state.config.metrics_listen.is_none() {
+        app = app.merge(web::health::metrics_router());
+    }
+    let mut app = app
         .merge(static_routes())
         .fallback(|| async { AppError::NotFound.into_response() })
         .layer(axum::middleware::from_fn(telemetry::record_http));
@@ -181,9 +189,18 @@ pub fn router(state: AppState) -> Router {
     .with_state(state)
 }
 
+/// `/metrics` alone, for its own listener: nothing else answers there.
+pub fn metrics_router(state: AppState) -> Router {
+    web::health::metrics_router()
+        .fallback(|| async { AppError::NotFound.into_response() })
+        .with_state(state)
+}
+
 /// A running service: its address, its state, and how to stop it.
 pub struct Server {
     pub addr: SocketAddr,
+    /// Where `/metrics` is served when `metrics_listen` is set.
+    pub metrics_addr: Option<SocketAddr>,
     pub state: AppState,
     shutdown: watch::Sender<bool>,
     serving: JoinHandle<anyhow::Result<()>>,
@@ -193,13 +210,27 @@ pub struct Server {
 impl Server {
     /// Connects, migrates, starts the mail worker and housekeeping, and serves on `listener`.
     pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Server> {
-        let transport = Transport::from_config(
-            config.smtp_url.as_ref().map(|u| u.expose_secret()),
-            &config.mail_dir,
-        )?;
-        let from = mail_from(Some(&config.mail_from))?;
         let state = AppState::new(config).await?;
+        // After the keys: a generated development key makes `var/` private before the
+        // file transport creates `var/mail` inside it.
+        let transport = Transport::from_config(
+            state.config.smtp_url.as_ref().map(|u| u.expose_secret()),
+            &state.config.mail_dir,
+        )?;
+        let from = mail_from(Some(&state.config.mail_from))?;
         let addr = listener.local_addr().context("reading the bound address")?;
+        let metrics_listener = match state.config.metrics_listen {
+            Some(metrics_addr) => Some(
+                TcpListener::bind(metrics_addr)
+                    .await
+                    .with_context(|| format!("binding metrics_listen {metrics_addr}"))?,
+            ),
+            None => None,
+        };
+        let metrics_addr = match &metrics_listener {
+            Some(l) => Some(l.local_addr().context("reading the metrics address")?),
+            None => None,
+        };
         let (shutdown, stopping) = watch::channel(false);
 
         let background = vec![
@@ -212,22 +243,33 @@ impl Server {
                 stopping.clone(),
             )),
         ];
-        let app = router(state.clone());
-        let mut stop = stopping;
-        let serving = tokio::spawn(async move {
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
+        let limits = ConnectionLimits::for_config(&state.config);
+        let main = serve(
+            "main",
+            listener,
+            router(state.clone()),
+            limits,
+            stopping.clone(),
+        );
+        let metrics = metrics_listener.map(|l| {
+            serve(
+                "metrics",
+                l,
+                metrics_router(state.clone()),
+                limits,
+                stopping,
             )
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|stopping| *stopping).await;
-            })
-            .await
-            .context("serving HTTP")
         });
-        tracing::info!(%addr, "latchkey is listening");
+        let serving = tokio::spawn(async move {
+            match metrics {
+                Some(metrics) => tokio::try_join!(main, metrics).map(|_| ()),
+                None => main.await,
+            }
+        });
+        tracing::info!(%addr, ?metrics_addr, "latchkey is listening");
         Ok(Server {
             addr,
+            metrics_addr,
             state,
             shutdown,
             serving,
@@ -259,6 +301,100 @@ impl Server {
         tracing::info!("shutting down");
         self.stop().await
     }
+}
+
+/// What one listener allows: connections at once, and time to send a request head.
+#[derive(Debug, Clone, Copy)]
+struct ConnectionLimits {
+    max_connections: usize,
+    header_read_timeout: Duration,
+}
+
+impl ConnectionLimits {
+    fn for_config(config: &Config) -> ConnectionLimits {
+        ConnectionLimits {
+            max_connections: config.max_connections.max(1),
+            header_read_timeout: Duration::from_secs(config.header_read_timeout_secs.max(1)),
+        }
+    }
+}
+
+/// Serves HTTP/1.1 with keep-alive on `listener` until `stopping`, then waits for every
+/// open connection to finish its request. A connection that has not sent a whole request
+/// head within the header-read timeout is closed (an idle keep-alive connection too);
+/// past `max_connections`, new connections wait unaccepted in the kernel's backlog.
+async fn serve(
+    name: &'static str,
+    listener: TcpListener,
+    app: Router,
+    limits: ConnectionLimits,
+    mut stopping: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = GracefulShutdown::new();
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .keep_alive(true);
+    let bound = listener
+        .local_addr()
+        .map_or_else(|_| name.to_owned(), |a| a.to_string());
+    let open = metrics::gauge!("latchkey_http_connections_open", "listener" => bound);
+    loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot.context("the connection slots closed")?,
+            () = stopped(&mut stopping) => break,
+        };
+        let (stream, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    if !is_connection_error(&err) {
+                        tracing::warn!(error = %err, listener = name, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                    continue;
+                }
+            },
+            () = stopped(&mut stopping) => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let service = service_fn(move |mut request: hyper::Request<Incoming>| {
+            // Handlers read the client address as axum's `serve` would provide it.
+            request.extensions_mut().insert(ConnectInfo(remote));
+            app.clone().oneshot(request)
+        });
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        let open = open.clone();
+        open.increment(1.0);
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                // Timeouts and clients that go away are routine.
+                tracing::debug!(error = %err, listener = name, "connection ended with an error");
+            }
+            open.decrement(1.0);
+            drop(slot);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// Resolves once shutdown begins (or its sender is gone).
+async fn stopped(stopping: &mut watch::Receiver<bool>) {
+    let _ = stopping.wait_for(|stop| *stop).await;
+}
+
+fn is_connection_error(err: &std::io::Error) -> bool {
+    matches!(
+        err.kind(),
+        std::io::ErrorKind::ConnectionRefused
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::ConnectionReset
+    )
 }
 
 /// Sweeps at start-up and then every `period`, until shutdown.

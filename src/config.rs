@@ -31,6 +31,12 @@ pub struct Config {
     pub db_acquire_timeout_ms: u64,
     /// How often expired sessions, dead tokens, idle throttles and old mail are deleted.
     pub housekeeping_interval_secs: u64,
+    /// Seconds a connection may take to send a request head; then it is closed.
+    pub header_read_timeout_secs: u64,
+    /// Connections served at once per listener; further ones wait in the accept backlog.
+    pub max_connections: usize,
+    /// Serve `/metrics` here instead of on `listen` (where it then answers 404).
+    pub metrics_listen: Option<SocketAddr>,
     pub argon2: Argon2Config,
     pub policy: PolicyConfig,
     pub throttle: ThrottleConfig,

@@ -54,8 +54,11 @@ pub async fn connect(config: &Config) -> anyhow::Result<PgPool> {
         .context("connecting to Postgres")
 }
 
+/// Applies the migrations, then gives non-ASCII addresses the key the service computes
+/// (a migration can only use Postgres `lower()`).
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
-    MIGRATOR.run(pool).await.context("applying migrations")
+    MIGRATOR.run(pool).await.context("applying migrations")?;
+    crate::store::users::rekey_non_ascii(pool).await
 }
 
 async fn create_database_if_missing(options: &PgConnectOptions) -> anyhow::Result<()> {

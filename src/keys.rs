@@ -1,5 +1,8 @@
 //! The service's secret key and the purpose-bound keys derived from it.
 
+use std::fs::{DirBuilder, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use anyhow::{Context, bail};
@@ -61,16 +64,37 @@ fn decode(key: &str) -> anyhow::Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// Reads the development key, or makes one: `var/` (0700) and the file (0600) are created
+/// private, so the key is never readable by others, not even for a moment.
 fn dev_key(path: &Path) -> anyhow::Result<Vec<u8>> {
-    if let Ok(existing) = std::fs::read_to_string(path) {
-        return decode(&existing);
+    if let Some(existing) = read_dev_key(path)? {
+        return Ok(existing);
     }
     let mut bytes = [0u8; 32];
     OsRng.fill_bytes(&mut bytes);
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
     }
-    std::fs::write(path, STANDARD.encode(bytes))
+    let created = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path);
+    let mut file = match created {
+        Ok(file) => file,
+        // Another instance in this directory made one first: use that one.
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+            return read_dev_key(path)?
+                .with_context(|| format!("{} vanished while reading it", path.display()));
+        }
+        Err(e) => return Err(e).with_context(|| format!("creating {}", path.display())),
+    };
+    file.write_all(STANDARD.encode(bytes).as_bytes())
+        .and_then(|()| file.sync_all())
         .with_context(|| format!("writing {}", path.display()))?;
     tracing::warn!(
         path = %path.display(),
@@ -79,10 +103,49 @@ fn dev_key(path: &Path) -> anyhow::Result<Vec<u8>> {
     Ok(bytes.to_vec())
 }
 
+fn read_dev_key(path: &Path) -> anyhow::Result<Option<Vec<u8>>> {
+    let existing = match std::fs::read_to_string(path) {
+        Ok(existing) => existing,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    if let Ok(meta) = std::fs::metadata(path)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!(
+            path = %path.display(),
+            mode = format!("{:o}", meta.permissions().mode() & 0o777),
+            "the development secret key is readable by others; chmod 600 it"
+        );
+    }
+    decode(&existing).map(Some)
+}
+
 fn subkey(master: &[u8], label: &[u8]) -> [u8; 32] {
     // HMAC accepts keys of any length, so this cannot fail.
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(master)
         .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
     mac.update(label);
     mac.finalize().into_bytes().into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_development_key_is_made_private_and_then_reused() {
+        let root = std::env::temp_dir().join(format!("latchkey-keys-{}", uuid::Uuid::new_v4()));
+        let path = root.join("var/secret_key");
+        let made = dev_key(&path).expect("made");
+        let mode = |p: &Path| std::fs::metadata(p).expect("exists").permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(&root.join("var")), 0o700);
+        assert_eq!(
+            dev_key(&path).expect("read back"),
+            made,
+            "the same key next time"
+        );
+        std::fs::remove_dir_all(&root).expect("clean up");
+    }
 }

@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use unicode_normalization::UnicodeNormalization;
+
 /// Longest address accepted (RFC 5321 path limit).
 const MAX_LEN: usize = 254;
 
@@ -62,10 +64,23 @@ impl EmailAddress {
         self.0.rsplit_once('@').map_or(&self.0, |(local, _)| local)
     }
 
-    /// The key that throttles and looks up the account: the whole address lowercased.
+    /// The key that finds the account (`users.email_key`, unique) and throttles sign-in:
+    /// the whole address NFKC-normalised, then lowercased with Unicode's default,
+    /// locale-free mapping (`str::to_lowercase`), then NFKC again so the key is a fixed
+    /// point. No case folding: `ß` stays `ß` (`Straße` and `STRASSE` are two addresses)
+    /// and Turkish `İ` becomes `i` + U+0307, not `i`.
     pub fn key(&self) -> String {
-        self.0.to_lowercase()
+        key_of(&self.0)
     }
+}
+
+fn key_of(address: &str) -> String {
+    address
+        .nfkc()
+        .collect::<String>()
+        .to_lowercase()
+        .nfkc()
+        .collect()
 }
 
 impl fmt::Display for EmailAddress {
@@ -114,6 +129,55 @@ mod tests {
             );
         }
         assert_eq!(EmailAddress::parse("  "), Err(EmailError::Empty));
+    }
+
+    fn key(input: &str) -> String {
+        EmailAddress::parse(input).expect("valid").key()
+    }
+
+    #[test]
+    fn sharp_s_is_lowercased_not_case_folded() {
+        assert_eq!(key("Straße@example.com"), "straße@example.com");
+        assert_eq!(key("STRASSE@example.com"), "strasse@example.com");
+        assert_ne!(key("Straße@example.com"), key("STRASSE@example.com"));
+        // Capital sharp s lowercases to ß: one account with the lowercase spelling.
+        assert_eq!(key("STRAẞE@example.com"), key("straße@example.com"));
+    }
+
+    #[test]
+    fn turkish_dotted_capital_i_keeps_its_dot() {
+        // Unicode's default mapping, the same in every locale: İ → i + combining dot.
+        assert_eq!(key("İlker@example.com"), "i\u{307}lker@example.com");
+        assert_eq!(key("İlker@example.com"), key("i\u{307}lker@example.com"));
+        assert_ne!(key("İlker@example.com"), key("ilker@example.com"));
+        assert_eq!(key("ILKER@example.com"), key("ilker@example.com"));
+        assert_ne!(
+            key("ılker@example.com"),
+            key("ilker@example.com"),
+            "dotless ı"
+        );
+    }
+
+    #[test]
+    fn compatibility_and_composed_forms_share_a_key() {
+        assert_eq!(key("ａｌｉｃｅ@example.com"), "alice@example.com");
+        assert_eq!(key("Ｅmile@example.com"), key("emile@example.com"));
+        assert_eq!(key("E\u{301}mile@example.com"), key("Émile@example.com"));
+        assert_eq!(key("Émile@example.com"), "\u{e9}mile@example.com");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_key_is_a_fixed_point(s in "\\PC{0,40}") {
+            let once = key_of(&s);
+            proptest::prop_assert_eq!(key_of(&once), once);
+        }
+
+        #[test]
+        fn an_ascii_key_is_what_postgres_lower_gives(s in "[ -~]{0,40}") {
+            // What the 0003 upgrade relies on when it backfills with lower(email).
+            proptest::prop_assert_eq!(key_of(&s), s.to_ascii_lowercase());
+        }
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Accounts: email, argon2id PHC hash, password change time.
 
+use anyhow::Context;
 use sqlx::{PgConnection, PgPool};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -30,15 +31,19 @@ pub enum CreateUserError {
     Unexpected(#[from] anyhow::Error),
 }
 
+/// The unique constraint on `users.email_key` (migration 0003).
+const EMAIL_KEY_CONSTRAINT: &str = "users_email_key_key";
+
 const COLUMNS: &str = "id, email, password_hash, password_changed_at, created_at, totp_enabled_at";
 
+/// Accounts are found by `EmailAddress::key`, stored in `email_key` (unique).
 pub async fn find_by_email(pool: &PgPool, email: &EmailAddress) -> anyhow::Result<Option<User>> {
-    Ok(sqlx::query_as(&format!(
-        "select {COLUMNS} from users where lower(email) = $1"
-    ))
-    .bind(email.key())
-    .fetch_optional(pool)
-    .await?)
+    Ok(
+        sqlx::query_as(&format!("select {COLUMNS} from users where email_key = $1"))
+            .bind(email.key())
+            .fetch_optional(pool)
+            .await?,
+    )
 }
 
 pub async fn find_by_id(pool: &PgPool, id: Uuid) -> anyhow::Result<Option<User>> {
@@ -55,15 +60,17 @@ pub async fn insert(
     email: &EmailAddress,
     password_hash: &str,
 ) -> Result<Uuid, CreateUserError> {
-    let inserted: Result<(Uuid,), sqlx::Error> =
-        sqlx::query_as("insert into users (email, password_hash) values ($1, $2) returning id")
-            .bind(email.as_str())
-            .bind(password_hash)
-            .fetch_one(pool)
-            .await;
+    let inserted: Result<(Uuid,), sqlx::Error> = sqlx::query_as(
+        "insert into users (email, email_key, password_hash) values ($1, $2, $3) returning id",
+    )
+    .bind(email.as_str())
+    .bind(email.key())
+    .bind(password_hash)
+    .fetch_one(pool)
+    .await;
     match inserted {
         Ok((id,)) => Ok(id),
-        Err(sqlx::Error::Database(e)) if e.constraint() == Some("users_email_key") => {
+        Err(sqlx::Error::Database(e)) if e.constraint() == Some(EMAIL_KEY_CONSTRAINT) => {
             Err(CreateUserError::EmailTaken)
         }
         Err(e) => Err(CreateUserError::Unexpected(e.into())),
@@ -98,5 +105,44 @@ pub async fn upgrade_hash(pool: &PgPool, id: Uuid, old: &str, new: &str) -> anyh
     .bind(new)
     .execute(pool)
     .await?;
+    Ok(())
+}
+
+/// Sets `email_key` to `EmailAddress::key` for addresses with non-ASCII letters, whose key
+/// the upgrade to 0003 could only guess with Postgres `lower()`. Runs at every start (a
+/// no-op once done); an address that would then clash with another account keeps its
+/// key and is logged, for an operator to resolve.
+#[tracing::instrument(skip_all)]
+pub async fn rekey_non_ascii(pool: &PgPool) -> anyhow::Result<()> {
+    let rows: Vec<(Uuid, String, String)> =
+        sqlx::query_as("select id, email, email_key from users where email ~ '[^\\x01-\\x7f]'")
+            .fetch_all(pool)
+            .await
+            .context("reading non-ascii addresses")?;
+    for (id, email, stored) in rows {
+        let Ok(parsed) = EmailAddress::parse(&email) else {
+            tracing::warn!(user_id = %id, "an account's address no longer parses; key left as is");
+            continue;
+        };
+        let key = parsed.key();
+        if key == stored {
+            continue;
+        }
+        let updated = sqlx::query("update users set email_key = $2 where id = $1")
+            .bind(id)
+            .bind(&key)
+            .execute(pool)
+            .await;
+        match updated {
+            Ok(_) => tracing::info!(user_id = %id, "re-keyed a non-ascii address"),
+            Err(sqlx::Error::Database(e)) if e.constraint() == Some(EMAIL_KEY_CONSTRAINT) => {
+                tracing::warn!(
+                    user_id = %id,
+                    "an account's address has the same key as another account's; left as is"
+                );
+            }
+            Err(e) => return Err(e).context("re-keying an address"),
+        }
+    }
     Ok(())
 }

@@ -15,7 +15,11 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
-        .route("/metrics", get(metrics))
+}
+
+/// `/metrics`: merged into the main router, or served alone on `metrics_listen`.
+pub fn metrics_router() -> Router<AppState> {
+    Router::new().route("/metrics", get(metrics))
 }
 
 async fn ready(State(state): State<AppState>) -> impl IntoResponse {

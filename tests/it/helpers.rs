@@ -83,6 +83,12 @@ impl TestApp {
         }
     }
 
+    /// `http://ip:port` of the metrics listener, when `metrics_listen` is set.
+    pub fn metrics_base(&self) -> Option<String> {
+        let server = self.server.as_ref().expect("running");
+        server.metrics_addr.map(|addr| format!("http://{addr}"))
+    }
+
     pub fn state(&self) -> &latchkey::app::AppState {
         &self.server.as_ref().expect("running").state
     }

@@ -22,6 +22,21 @@ const ACCOUNTS: &[(&str, &str)] = &[
 const ALICE_SESSION: &str = "782riWdFIwHvzauJZ0UjAQ";
 const CAROL_TOKEN: &str = "AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA";
 
+/// Migrations up to and including `version`, embedded in the binary.
+fn migrations_up_to(version: i64) -> Migrator {
+    Migrator {
+        migrations: Cow::Owned(
+            MIGRATOR
+                .migrations
+                .iter()
+                .filter(|m| m.version <= version)
+                .cloned()
+                .collect(),
+        ),
+        ..Migrator::DEFAULT
+    }
+}
+
 /// A fresh database migrated to version 0001 only, with the fixture loaded.
 async fn database_at_0001() -> String {
     let base = std::env::var("LATCHKEY_TEST_PG")
@@ -36,17 +51,7 @@ async fn database_at_0001() -> String {
         .expect("create database");
     let url = format!("{base}/{name}");
     let pool = PgPool::connect(&url).await.expect("connect");
-    let previous = Migrator {
-        migrations: Cow::Owned(
-            MIGRATOR
-                .migrations
-                .iter()
-                .filter(|m| m.version == 1)
-                .cloned()
-                .collect(),
-        ),
-        ..Migrator::DEFAULT
-    };
+    let previous = migrations_up_to(1);
     assert_eq!(previous.migrations.len(), 1, "migration 0001 is embedded");
     previous.run(&pool).await.expect("migrating to 0001");
     sqlx::raw_sql(FIXTURE)
@@ -183,5 +188,88 @@ async fn upgrading_from_0001_keeps_every_account_password_session_link_and_mail(
             .await,
         5,
         "audit rows from before the upgrade (the test's own come from 127.0.0.1)"
+    );
+}
+
+#[tokio::test]
+async fn upgrading_to_0003_keys_every_account_in_rust_and_keeps_addresses_unique() {
+    let url = database_at_0001().await;
+    {
+        let pool = PgPool::connect(&url).await.expect("connect");
+        migrations_up_to(2)
+            .run(&pool)
+            .await
+            .expect("migrating to 0002");
+        // An address whose Rust key differs from Postgres `lower()` (here `ilker@...`),
+        // with Alice's password.
+        sqlx::query(
+            "insert into users (email, password_hash)
+             select 'İlker@Example.com', password_hash from users where email = 'alice@example.com'",
+        )
+        .execute(&pool)
+        .await
+        .expect("a non-ascii account at 0002");
+        pool.close().await;
+    }
+
+    let app = TestApp::spawn_with(|c| c.database_url = SecretString::from(url.clone())).await;
+
+    let keys: Vec<(String, String)> =
+        sqlx::query_as("select email, email_key from users order by email collate \"C\"")
+            .fetch_all(&app.pool)
+            .await
+            .expect("keys");
+    assert_eq!(
+        keys,
+        vec![
+            (
+                "Bob.Mixed@Example.com".into(),
+                "bob.mixed@example.com".into()
+            ),
+            ("alice@example.com".into(), "alice@example.com".into()),
+            ("carol@example.com".into(), "carol@example.com".into()),
+            (
+                "İlker@Example.com".into(),
+                "i\u{307}lker@example.com".into()
+            ),
+        ],
+        "ASCII keys backfilled with lower(), the non-ASCII one re-keyed in Rust"
+    );
+    let (nullable,): (String,) = sqlx::query_as(
+        "select is_nullable from information_schema.columns
+         where table_name = 'users' and column_name = 'email_key'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .expect("column");
+    assert_eq!(nullable, "NO");
+    assert_eq!(
+        app.count("select count(*) from pg_indexes where indexname = 'users_email_key'")
+            .await,
+        0,
+        "the lower(email) index is gone"
+    );
+
+    // Mixed-case Bob and the Turkish address both sign in as typed in any case.
+    for (email, password) in [
+        ("BOB.MIXED@example.com", ACCOUNTS[1].1),
+        ("İLKER@example.com", ACCOUNTS[0].1),
+    ] {
+        let response = app.browser().sign_in(email, password).await;
+        assert_status(&response, StatusCode::SEE_OTHER);
+    }
+    // The unique key still refuses a second Bob.
+    let taken = latchkey::store::users::insert(
+        &app.pool,
+        &latchkey::domain::EmailAddress::parse("bob.mixed@EXAMPLE.com").expect("email"),
+        "x",
+    )
+    .await;
+    assert!(
+        matches!(
+            taken,
+            Err(latchkey::store::users::CreateUserError::EmailTaken)
+        ),
+        "{taken:?}"
     );
 }

@@ -40,17 +40,41 @@ impl ServiceProcess {
     /// Starts `latchkey serve` on a free port with `database_url` and mail to `smtp_url`,
     /// plus `extra` environment variables, and waits until `/readyz` answers 200.
     pub async fn start(database_url: &str, smtp_url: &str, extra: &[(&str, &str)]) -> Self {
+        Self::start_keyed(database_url, smtp_url, extra, true).await
+    }
+
+    /// As `start`, without `LATCHKEY_SECRET_KEY`: the process makes its development key.
+    pub async fn start_without_secret_key(
+        database_url: &str,
+        smtp_url: &str,
+        extra: &[(&str, &str)],
+    ) -> Self {
+        Self::start_keyed(database_url, smtp_url, extra, false).await
+    }
+
+    async fn start_keyed(
+        database_url: &str,
+        smtp_url: &str,
+        extra: &[(&str, &str)],
+        secret_key: bool,
+    ) -> Self {
         // The free port is found by binding and letting go; on a busy machine another
         // process may take it first, so a failed bind gets another port.
         for _ in 0..3 {
-            if let Some(process) = Self::try_start(database_url, smtp_url, extra).await {
+            if let Some(process) = Self::try_start(database_url, smtp_url, extra, secret_key).await
+            {
                 return process;
             }
         }
         panic!("latchkey serve could not bind a free port three times");
     }
 
-    async fn try_start(database_url: &str, smtp_url: &str, extra: &[(&str, &str)]) -> Option<Self> {
+    async fn try_start(
+        database_url: &str,
+        smtp_url: &str,
+        extra: &[(&str, &str)],
+        with_secret_key: bool,
+    ) -> Option<Self> {
         // Its own working directory, so no config/local.toml or var/ of the checkout leaks in.
         let dir =
             std::env::temp_dir().join(format!("latchkey-proc-{}", uuid::Uuid::new_v4().simple()));
@@ -66,7 +90,6 @@ impl ServiceProcess {
             .env("LATCHKEY_LISTEN", format!("127.0.0.1:{port}"))
             .env("LATCHKEY_PUBLIC_URL", &base)
             .env("LATCHKEY_SMTP_URL", smtp_url)
-            .env("LATCHKEY_SECRET_KEY", secret_key())
             .env("LATCHKEY_IP_RATE_LIMIT", "0")
             .env(
                 "LATCHKEY_LOG",
@@ -75,12 +98,22 @@ impl ServiceProcess {
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))
             .stderr(log);
+        if with_secret_key {
+            command.env("LATCHKEY_SECRET_KEY", secret_key());
+        } else {
+            command.env_remove("LATCHKEY_SECRET_KEY");
+        }
         for (name, value) in extra {
             command.env(name, value);
         }
         let child = command.spawn().expect("start latchkey serve");
         let mut process = ServiceProcess { base, child, dir };
         process.wait_ready().await.then_some(process)
+    }
+
+    /// Its working directory (where `var/` goes).
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
     }
 
     pub fn pid(&self) -> u32 {

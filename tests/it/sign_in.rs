@@ -368,11 +368,14 @@ async fn an_old_hash_is_upgraded_at_sign_in() {
         .hash_password(PASSWORD.as_bytes(), &SaltString::generate(&mut OsRng))
         .unwrap()
         .to_string();
-    sqlx::query("insert into users (email, password_hash) values ('old@example.com', $1)")
-        .bind(&old)
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    sqlx::query(
+        "insert into users (email, email_key, password_hash)
+         values ('old@example.com', 'old@example.com', $1)",
+    )
+    .bind(&old)
+    .execute(&app.pool)
+    .await
+    .unwrap();
 
     assert_status(
         &app.browser().sign_in("old@example.com", PASSWORD).await,
