@@ -5,6 +5,7 @@ mod burst;
 mod cli;
 mod crash;
 mod db_faults;
+mod ha;
 mod helpers;
 mod hostile;
 mod housekeeping;
