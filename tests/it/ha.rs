@@ -320,6 +320,7 @@ async fn pgbouncer_transaction_mode_needs_1_21_for_sqlx_prepared_statements() {
 const ETCD_CLIENT_PORT: u16 = 15410;
 const ETCD_PEER_PORT: u16 = 15411;
 const HAPROXY_PORT: u16 = 15440;
+const FAILOVER_PGBOUNCER_PORT: u16 = 15450;
 /// (name, Postgres port, Patroni REST port) of each node.
 const NODES: [(&str, u16, u16); 2] = [("pg1", 15421, 15431), ("pg2", 15422, 15432)];
 
@@ -845,14 +846,18 @@ async fn failover_primary_killed_under_load_loses_no_acknowledged_write() {
         return;
     }
     let mut cluster = Cluster::start().await;
+    // The whole topology: instances → PgBouncer → HAProxy → the current primary.
+    let pgbouncer = Pgbouncer::start(FAILOVER_PGBOUNCER_PORT, HAPROXY_PORT, |ini| ini).await;
+    let name = create_database(&cluster.base_url()).await;
+    let database_url = format!("{}/{name}", cluster.base_url());
+    let service_url = pgbouncer.url(&name);
     let smtp = Arc::new(SmtpSink::start().await);
-    let database_url = format!("{}/latchkey", cluster.base_url());
     let env = [
         ("LATCHKEY_THROTTLE__RESET_MAILS_PER_HOUR", "100000"),
         ("LATCHKEY_THROTTLE__FREE_FAILURES", "100000"),
     ];
-    let a = ServiceProcess::start(&database_url, &smtp.url(), &env).await;
-    let b = ServiceProcess::start(&database_url, &smtp.url(), &env).await;
+    let a = ServiceProcess::start(&service_url, &smtp.url(), &env).await;
+    let b = ServiceProcess::start(&service_url, &smtp.url(), &env).await;
     let bases = vec![a.base.clone(), b.base.clone()];
     let probe = "probe@example.com".to_owned();
     let mut emails: Vec<String> = (0..WORKERS)
@@ -907,9 +912,10 @@ async fn failover_primary_killed_under_load_loses_no_acknowledged_write() {
     }
     let Some(recovery) = recovered else {
         panic!(
-            "no sign-in succeeded within 90 s of the kill\n{}\n--- A\n{}",
+            "no sign-in succeeded within 90 s of the kill\n{}\n--- A\n{}\n--- PgBouncer\n{}",
             cluster.logs(),
-            a.log()
+            a.log(),
+            pgbouncer.log()
         );
     };
     let new_primary = cluster.primary().await;
