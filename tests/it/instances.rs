@@ -17,13 +17,24 @@ fn on(base: &str, link: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_share_sessions_links_throttling_and_the_outbox() {
-    let smtp = SmtpSink::start().await;
     let database_url = process::fresh_database_url();
+    two_instances_share_everything(&database_url, &database_url, &[]).await;
+}
+
+/// The checks above, with the instances on `service_url` (e.g. through PgBouncer) plus
+/// `extra` environment, and the test's own queries on `direct_url` (the same database).
+pub async fn two_instances_share_everything(
+    service_url: &str,
+    direct_url: &str,
+    extra: &[(&str, &str)],
+) {
+    let smtp = SmtpSink::start().await;
     // At info level each instance logs "mail sent" per message it delivered.
-    let info = [("LATCHKEY_LOG", "info")];
-    let a = ServiceProcess::start(&database_url, &smtp.url(), &info).await;
-    let b = ServiceProcess::start(&database_url, &smtp.url(), &info).await;
-    let db = process::connect(&database_url).await;
+    let mut env = vec![("LATCHKEY_LOG", "info")];
+    env.extend_from_slice(extra);
+    let a = ServiceProcess::start(service_url, &smtp.url(), &env).await;
+    let b = ServiceProcess::start(service_url, &smtp.url(), &env).await;
+    let db = process::connect(direct_url).await;
     let emails: Vec<String> = (0..20).map(|i| format!("user{i}@example.com")).collect();
     process::create_users(&db, &emails, PASSWORD).await;
     process::create_users(

@@ -6,6 +6,7 @@ mod cli;
 mod crash;
 mod db_faults;
 mod email_key;
+mod ha;
 mod helpers;
 mod hostile;
 mod housekeeping;
