@@ -11,6 +11,7 @@ mod housekeeping;
 mod instances;
 mod migrations;
 mod process;
+mod races;
 mod reset;
 mod settings;
 mod sign_in;
