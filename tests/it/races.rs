@@ -440,3 +440,41 @@ async fn a_completed_reset_lets_the_owner_in_at_once_after_someone_else_locked_t
         assert_eq!(location(&signed_in), "/");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_turned_away_by_a_full_hashing_queue_do_not_count_as_failures() {
+    let app = TestApp::spawn_with(|c| {
+        // One slow hashing thread per instance and room for one waiting job, so most of
+        // the burst answers 503 unchecked; no delays, so every attempt is reserved.
+        c.argon2.threads = 1;
+        c.argon2.queue = 1;
+        c.argon2.iterations = 50;
+        c.throttle.free_failures = 100;
+    })
+    .await;
+    let other = app.spawn_sibling().await;
+    let email = "alice@example.com";
+    app.create_user(email, PASSWORD).await;
+    let browser = app.browser();
+    let token = browser.csrf_token("/sign-in").await;
+    let cookie = burst::cookie_header(&browser, &app.base);
+    let requests = spread([&app.base, &other.base], 20, |i, base| {
+        let wrong = format!("not the password, guess {i}");
+        let fields = [
+            ("email", email),
+            ("password", wrong.as_str()),
+            ("csrf_token", token.as_str()),
+        ];
+        burst::form_post(base, "/sign-in", &cookie, &fields)
+    });
+    let answers = burst::burst(requests).await;
+    let tally = burst::tally(&answers);
+    let (checked, busy) = (with_status(&answers, 422), with_status(&answers, 503));
+    assert_eq!(checked + busy, 20, "{tally:?}");
+    assert!(busy > 0, "the queue was full for some: {tally:?}");
+    assert_eq!(
+        failures_on_record(&app, email).await,
+        checked as i64,
+        "only the checked attempts count: {tally:?}"
+    );
+}
