@@ -67,7 +67,7 @@ pub async fn confirm_password(
         }
     };
     if verified == passwords::Verified::No {
-        reservation.keep();
+        reservation.fail(state).await?;
         audit::record(
             &state.pool,
             EventKind::SignInFailed,

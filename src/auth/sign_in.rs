@@ -92,7 +92,7 @@ pub async fn sign_in(
             Ok(user)
         }
         (_, user) => {
-            reservation.keep();
+            reservation.fail(state).await?;
             audit::record(
                 &state.pool,
                 EventKind::SignInFailed,

@@ -2,8 +2,8 @@
 //!
 //! An attempt on an address is a [`Reservation`] taken before any hashing or code check:
 //! one statement in Postgres counts it as a failure, or refuses it while the address waits
-//! out a delay. The caller gives it back when the attempt turns out not to be a failure,
-//! or clears the address when it completes a sign-in; dropping it lets the failure stand.
+//! out a delay. The caller then settles it: as a failure, given back when the attempt
+//! turns out not to be one, or with the address cleared when it completes a sign-in.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 
 use super::Failure;
 use crate::app::AppState;
-use crate::store::throttle::{self, Delays, Reserved};
+use crate::store::throttle::{self, Delays};
 
 /// The actions counted per IP.
 #[derive(Debug, Clone, Copy)]
@@ -75,57 +75,69 @@ fn delays(state: &AppState) -> Delays {
     }
 }
 
-/// One attempt on an address, counted as a failure until shown otherwise.
+/// How long an attempt waits for attempts in flight on its address to settle before it
+/// is refused; they settle within one hash or code check.
+const HOLD_AT_MOST: Duration = Duration::from_secs(5);
+
+/// One attempt on an address, reserved before it is checked: settle it with
+/// [`Reservation::fail`], [`Reservation::give_back`] or [`Reservation::clear`]. One that
+/// is dropped (an unexpected error) is void after a minute.
 #[derive(Debug)]
-#[must_use = "dropping a reservation lets the failure stand; give it back or clear"]
+#[must_use = "settle a reservation: fail, give_back or clear"]
 pub struct Reservation {
     email_key: String,
-    reserved: Reserved,
 }
 
-/// Reserves an attempt on the address, or refuses it while the address waits out its
-/// delay. Taken before any hashing, whether or not the address has an account.
+/// Reserves an attempt on the address, before any hashing, whether or not the address
+/// has an account. Refused with `Throttled` while the address waits out its delay; while
+/// only attempts in flight hold it (as many as failures remain free), it waits for them
+/// to settle, since each may turn out not to be a failure.
 pub async fn reserve(state: &AppState, email_key: &str) -> Result<Reservation, Failure> {
-    match throttle::reserve(&state.pool, email_key, delays(state)).await? {
-        Some(reserved) => Ok(Reservation {
-            email_key: email_key.to_owned(),
-            reserved,
-        }),
-        None => {
-            metrics::counter!("latchkey_throttled_total", "kind" => "account").increment(1);
-            let until_at = throttle::blocked_until(&state.pool, email_key).await?;
-            Err(Failure::Throttled {
-                retry_after: until_at.map_or(Duration::from_secs(1), until),
-            })
+    let started = tokio::time::Instant::now();
+    loop {
+        if throttle::reserve(&state.pool, email_key, state.config.throttle.free_failures).await? {
+            return Ok(Reservation {
+                email_key: email_key.to_owned(),
+            });
         }
+        let blocked = throttle::blocked_until(&state.pool, email_key).await?;
+        if blocked.is_some() || started.elapsed() >= HOLD_AT_MOST {
+            metrics::counter!("latchkey_throttled_total", "kind" => "account").increment(1);
+            return Err(Failure::Throttled {
+                retry_after: blocked.map_or(Duration::from_secs(1), until),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(
+            10 + u64::from(rand::random::<u8>() % 30),
+        ))
+        .await;
     }
 }
 
 impl Reservation {
+    /// The attempt failed: one more failure on record, and a delay from the free
+    /// failures on.
+    pub async fn fail(self, state: &AppState) -> anyhow::Result<()> {
+        throttle::settle_failure(&state.pool, &self.email_key, delays(state)).await
+    }
+
     /// The attempt was not a failure (a right password, a right code, or never checked
-    /// because the hashing queue was full): the count goes back to what it was.
+    /// because the hashing queue was full): nothing is counted.
     pub async fn give_back(self, state: &AppState) -> anyhow::Result<()> {
-        throttle::give_back(
-            &state.pool,
-            &self.email_key,
-            state.config.throttle.free_failures,
-            self.reserved,
-        )
-        .await
+        throttle::give_back(&state.pool, &self.email_key).await
     }
 
     /// The attempt completed a sign-in: the address's failures are forgotten.
     pub async fn clear(self, state: &AppState) -> anyhow::Result<()> {
-        clear(state, &self.email_key).await
+        let mut conn = state.pool.acquire().await?;
+        throttle::clear(&mut conn, &self.email_key, true).await
     }
-
-    /// The attempt failed: the reserved failure stands.
-    pub fn keep(self) {}
 }
 
-/// Forgets the address's failures (after a completed sign-in or a password change).
+/// Forgets the address's failures (after a password change).
 pub async fn clear(state: &AppState, email_key: &str) -> anyhow::Result<()> {
-    throttle::clear(&state.pool, email_key).await
+    let mut conn = state.pool.acquire().await?;
+    throttle::clear(&mut conn, email_key, false).await
 }
 
 /// Whole seconds until `at`, at least one (a `Retry-After: 0` invites a hot loop).

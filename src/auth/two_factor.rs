@@ -233,7 +233,7 @@ async fn check_code_reserved(
     if verify_code(state, user, code).await? {
         return Ok(reservation);
     }
-    reservation.keep();
+    reservation.fail(state).await?;
     Err(TwoFactorError::WrongCode)
 }
 
@@ -324,7 +324,7 @@ pub async fn enable(
     let digits: String = code.chars().filter(|c| !c.is_whitespace()).collect();
     let reservation = throttle::reserve(state, &user.email.to_lowercase()).await?;
     let Some(step) = secret.matching_step(&user.email, &digits)? else {
-        reservation.keep();
+        reservation.fail(state).await?;
         return Err(TwoFactorError::WrongCode);
     };
     reservation.give_back(state).await?;

@@ -1,8 +1,12 @@
 //! Throttle state shared by every instance: failures per address, attempts per IP.
 //!
-//! An attempt on an address is reserved before it is checked, by one statement, so that
-//! any number of concurrent attempts (on any number of instances) is held to the limit:
-//! the reservation counts as a failure until it is given back.
+//! An attempt on an address is reserved before it is checked, by one statement: the
+//! address's row counts the attempts in flight (`pending`) beside the settled
+//! `failures`, and a reservation is granted only while the address is not waiting out a
+//! delay and failures plus attempts in flight stay within the free failures. So however
+//! many attempts race (on any number of instances), no more are checked than could fail
+//! before the delay starts. Each reservation is then settled: as a failure, given back,
+//! or with the address cleared.
 
 use sqlx::{PgExecutor, PgPool};
 use time::OffsetDateTime;
@@ -17,45 +21,37 @@ pub struct Delays {
     pub max_secs: u64,
 }
 
-/// A granted reservation: the address's `blocked_until` as this reservation left it.
-#[derive(Debug, Clone, Copy)]
-pub struct Reserved {
-    pub blocked_until: Option<OffsetDateTime>,
-}
+/// Attempts in flight older than this are void: no check takes that long (requests time
+/// out after 30 s), so their process died or dropped them.
+const PENDING_STALE_SECS: f64 = 60.0;
 
-/// Counts one more failure for the address, unless it is waiting out a delay (then
-/// nothing changes and `None` comes back). The failure that reaches `free` starts the
-/// delay at once, so attempts racing with it are refused.
-pub async fn reserve(
-    pool: &PgPool,
-    email_key: &str,
-    delays: Delays,
-) -> anyhow::Result<Option<Reserved>> {
-    let row: Option<(Option<OffsetDateTime>,)> = sqlx::query_as(
-        "insert into login_throttle as t (email_key, failures, blocked_until, updated_at)
-         values ($1, 1, case when 1 >= $2
-                     then now() + make_interval(secs => least($4::float8, $3::float8))
-                     end, now())
+/// Reserves one attempt: `true` if granted. Refused while the address waits out a delay,
+/// or while as many attempts are in flight as failures remain free (one at a time once
+/// the delays have started).
+pub async fn reserve(pool: &PgPool, email_key: &str, free: i32) -> anyhow::Result<bool> {
+    let row: Option<(i32,)> = sqlx::query_as(
+        "insert into login_throttle as t (email_key, failures, pending, pending_since, updated_at)
+         values ($1, 0, 1, now(), now())
          on conflict (email_key) do update set
-             failures = t.failures + 1,
-             updated_at = now(),
-             blocked_until = case when t.failures + 1 >= $2
-                 then now() + make_interval(secs => least($4::float8,
-                        $3::float8 * power(2, least(t.failures + 1 - $2, 30))))
-                 else null end
-         where t.blocked_until is null or t.blocked_until <= now()
-         returning blocked_until",
+             pending = case when t.pending_since < now() - make_interval(secs => $3)
+                            then 1 else t.pending + 1 end,
+             pending_since = now(),
+             updated_at = now()
+         where (t.blocked_until is null or t.blocked_until <= now())
+           and case when t.pending_since < now() - make_interval(secs => $3)
+                    then 0 else t.pending end < greatest($2 - t.failures, 1)
+         returning pending",
     )
     .bind(email_key)
-    .bind(delays.free)
-    .bind(delays.base_secs as f64)
-    .bind(delays.max_secs as f64)
+    .bind(free)
+    .bind(PENDING_STALE_SECS)
     .fetch_optional(pool)
     .await?;
-    Ok(row.map(|(blocked_until,)| Reserved { blocked_until }))
+    Ok(row.is_some())
 }
 
-/// Until when a refused address waits (`None` if its delay ended or was cleared since).
+/// Until when a refused address waits; `None` when it was refused only because attempts
+/// are in flight (or it was cleared since).
 pub async fn blocked_until(
     pool: &PgPool,
     email_key: &str,
@@ -70,38 +66,84 @@ pub async fn blocked_until(
     Ok(row.and_then(|(until,)| until))
 }
 
-/// Takes back one reserved failure that turned out not to be one. The delay goes too
-/// when the count falls below `free`, or when it is the one this reservation started
-/// (no attempt was counted after it); a delay started by another failure stays.
-pub async fn give_back(
-    pool: &PgPool,
-    email_key: &str,
-    free: i32,
-    reserved: Reserved,
-) -> anyhow::Result<()> {
+/// Settles a reservation as a failure: one more consecutive failure, and from the
+/// `free`-th on, a delay.
+pub async fn settle_failure(pool: &PgPool, email_key: &str, delays: Delays) -> anyhow::Result<()> {
     sqlx::query(
-        "update login_throttle set
-             failures = greatest(failures - 1, 0),
+        "insert into login_throttle as t (email_key, failures, blocked_until, updated_at)
+         values ($1, 1, case when 1 >= $2
+                     then now() + make_interval(secs => least($4::float8, $3::float8))
+                     end, now())
+         on conflict (email_key) do update set
+             failures = t.failures + 1,
+             pending = greatest(t.pending - 1, 0),
              updated_at = now(),
-             blocked_until = case
-                 when failures - 1 < $2 or blocked_until is not distinct from $3 then null
-                 else blocked_until end
-         where email_key = $1",
+             blocked_until = case when t.failures + 1 >= $2
+                 then now() + make_interval(secs => least($4::float8,
+                        $3::float8 * power(2, least(t.failures + 1 - $2, 30))))
+                 else null end",
     )
     .bind(email_key)
-    .bind(free)
-    .bind(reserved.blocked_until)
+    .bind(delays.free)
+    .bind(delays.base_secs as f64)
+    .bind(delays.max_secs as f64)
     .execute(pool)
     .await?;
     Ok(())
 }
 
-/// A completed sign-in (or reset) clears the address's failures.
-pub async fn clear<'e>(executor: impl PgExecutor<'e>, email_key: &str) -> anyhow::Result<()> {
-    sqlx::query("delete from login_throttle where email_key = $1")
-        .bind(email_key)
-        .execute(executor)
-        .await?;
+/// Settles a reservation that turned out not to be a failure: nothing is counted.
+pub async fn give_back(pool: &PgPool, email_key: &str) -> anyhow::Result<()> {
+    sqlx::query(
+        "update login_throttle set pending = greatest(pending - 1, 0), updated_at = now()
+         where email_key = $1",
+    )
+    .bind(email_key)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// A completed sign-in, password change or reset forgets the address's failures; `own`
+/// settles the caller's reservation too. The row goes when no other attempt is in
+/// flight, else it stays with their count.
+pub async fn clear(
+    conn: &mut sqlx::PgConnection,
+    email_key: &str,
+    own: bool,
+) -> anyhow::Result<()> {
+    let own = i32::from(own);
+    let deleted = sqlx::query(
+        "delete from login_throttle
+         where email_key = $1
+           and (pending - $2 <= 0 or pending_since < now() - make_interval(secs => $3))",
+    )
+    .bind(email_key)
+    .bind(own)
+    .bind(PENDING_STALE_SECS)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if deleted == 0 {
+        clear_failures(&mut *conn, email_key, own).await?;
+    }
+    Ok(())
+}
+
+async fn clear_failures<'e>(
+    executor: impl PgExecutor<'e>,
+    email_key: &str,
+    own: i32,
+) -> anyhow::Result<()> {
+    sqlx::query(
+        "update login_throttle set failures = 0, blocked_until = null,
+             pending = greatest(pending - $2, 0), updated_at = now()
+         where email_key = $1",
+    )
+    .bind(email_key)
+    .bind(own)
+    .execute(executor)
+    .await?;
     Ok(())
 }
 

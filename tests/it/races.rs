@@ -478,3 +478,36 @@ async fn attempts_turned_away_by_a_full_hashing_queue_do_not_count_as_failures()
         "only the checked attempts count: {tally:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twelve_right_passwords_at_once_on_two_instances_all_sign_in() {
+    let app = TestApp::spawn().await;
+    let other = app.spawn_sibling().await;
+    for round in 0..ROUNDS {
+        let email = format!("alice{round}@example.com");
+        app.create_user(&email, PASSWORD).await;
+        // Twelve devices of the owner: more than the free failures, all right at once.
+        let mut requests = Vec::new();
+        for i in 0..12 {
+            let base = [&app.base, &other.base][i % 2];
+            let browser = Browser::new(base);
+            let token = browser.csrf_token("/sign-in").await;
+            let cookie = burst::cookie_header(&browser, base);
+            let fields = [
+                ("email", email.as_str()),
+                ("password", PASSWORD),
+                ("csrf_token", token.as_str()),
+            ];
+            requests.push(RawRequest {
+                source: burst::source(i, SOURCES),
+                target: burst::target(base),
+                bytes: burst::form_post(base, "/sign-in", &cookie, &fields),
+            });
+        }
+        let answers = burst::burst(requests).await;
+        let tally = burst::tally(&answers);
+        eprintln!("round {round}: {tally:?}");
+        assert_eq!(tally, vec![(303, 12)], "round {round}");
+        assert_eq!(failures_on_record(&app, &email).await, 0);
+    }
+}
