@@ -1,9 +1,10 @@
 //! Throttling decisions: per address (growing delays after failures) and per client IP.
 //!
 //! An attempt on an address is a [`Reservation`] taken before any hashing or code check:
-//! one statement in Postgres counts it as a failure, or refuses it while the address waits
-//! out a delay. The caller then settles it: as a failure, given back when the attempt
-//! turns out not to be one, or with the address cleared when it completes a sign-in.
+//! one statement in Postgres counts it as in flight, or refuses it while the address waits
+//! out a delay or as many attempts are in flight as failures remain free. The caller then
+//! settles it: as a failure, given back when the attempt turns out not to be one, or with
+//! the address cleared when it completes a sign-in.
 
 use std::net::IpAddr;
 use std::time::Duration;
