@@ -49,16 +49,25 @@ pub async fn confirm_password(
 ) -> Result<bool, Failure> {
     use crate::store::audit::{self, EventKind};
     let key = user.email.to_lowercase();
-    throttle::check_account(state, &key).await?;
-    let verified = state
+    let reservation = throttle::reserve(state, &key).await?;
+    let verified = match state
         .hasher
         .verify(
             secrecy::SecretString::from(crate::domain::password::normalize(password)),
             Some(user.password_hash.clone()),
         )
-        .await?;
+        .await
+    {
+        Ok(verified) => verified,
+        Err(err) => {
+            if matches!(err, passwords::HashError::Busy) {
+                reservation.give_back(state).await?;
+            }
+            return Err(err.into());
+        }
+    };
     if verified == passwords::Verified::No {
-        throttle::record_failure(state, &key).await?;
+        reservation.fail(state).await?;
         audit::record(
             &state.pool,
             EventKind::SignInFailed,
@@ -70,6 +79,8 @@ pub async fn confirm_password(
         .await?;
         return Ok(false);
     }
+    // A right password here is not a sign-in: it leaves earlier failures standing.
+    reservation.give_back(state).await?;
     Ok(true)
 }
 

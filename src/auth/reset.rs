@@ -12,6 +12,7 @@ use crate::domain::token::ResetToken;
 use crate::mail::{messages, outbox};
 use crate::store::audit::{self, EventKind};
 use crate::store::reset_tokens::{self, TokenState};
+use crate::store::throttle;
 use crate::store::users;
 
 /// Issues a token and queues its mail, if the address has an account and has not had too
@@ -27,7 +28,14 @@ pub async fn request_reset(
         return Ok(());
     };
     tracing::Span::current().record("user_id", tracing::field::display(user.id));
-    if reset_tokens::count_recent(&state.pool, user.id).await?
+    // One request per account at a time: with the account's row locked, the count, the
+    // voiding of older links, the new link and its mail happen as one step, so however
+    // many requests race, the hourly limit holds and only the newest link is live.
+    let mut tx = state.pool.begin().await?;
+    if !reset_tokens::lock_account(&mut tx, user.id).await? {
+        return Ok(());
+    }
+    if reset_tokens::count_recent(&mut *tx, user.id).await?
         >= state.config.throttle.reset_mails_per_hour
     {
         tracing::info!("reset mail limit reached for the account; nothing sent");
@@ -41,8 +49,6 @@ pub async fn request_reset(
         token.expose()
     );
     let mail = messages::reset(&user.email, &link, ttl, origin)?;
-
-    let mut tx = state.pool.begin().await?;
     reset_tokens::insert(&mut tx, user.id, &token.digest(), ttl, origin.ip.as_deref()).await?;
     outbox::enqueue(&mut tx, &mail).await?;
     audit::record(
@@ -170,6 +176,9 @@ pub async fn complete_reset(
         return Err(ResetError::Token(TokenProblem::Used));
     }
     store_new_password(state, &mut tx, &user, &hash, How::Reset, origin).await?;
+    // Whoever made the account wait (wrong guesses by someone else, say) must not keep
+    // its owner out once the owner has set a new password through the mailed link.
+    throttle::clear(&mut tx, &user.email.to_lowercase(), false).await?;
     tx.commit().await?;
     state.outbox.notify();
     Ok(())

@@ -2,7 +2,7 @@
 
 use secrecy::SecretString;
 
-use super::passwords::Verified;
+use super::passwords::{HashError, Verified};
 use super::{Failure, Origin, throttle};
 use crate::app::AppState;
 use crate::domain::EmailAddress;
@@ -25,7 +25,9 @@ impl From<anyhow::Error> for SignInError {
     }
 }
 
-/// Checks an address and password. A throttled address is refused before any hashing.
+/// Checks an address and password. Every attempt reserves a failure on the address before
+/// any hashing (refused while the address waits out a delay); a right password gives it
+/// back.
 #[tracing::instrument(skip_all, fields(user_id = tracing::field::Empty))]
 pub async fn sign_in(
     state: &AppState,
@@ -43,17 +45,26 @@ pub async fn sign_in(
         return Err(SignInError::InvalidCredentials);
     }
     let key = email.key();
-    let standing = throttle::check_account(state, &key).await?;
+    let reservation = throttle::reserve(state, &key).await?;
 
     let user = users::find_by_email(&state.pool, &email).await?;
-    let verified = state
+    let verified = match state
         .hasher
         .verify(
             SecretString::from(password),
             user.as_ref().map(|u| u.password_hash.clone()),
         )
         .await
-        .map_err(Failure::from)?;
+    {
+        Ok(verified) => verified,
+        Err(err) => {
+            // A full queue checked nothing: the attempt is not a failure.
+            if matches!(err, HashError::Busy) {
+                reservation.give_back(state).await?;
+            }
+            return Err(Failure::from(err).into());
+        }
+    };
 
     match (verified, user) {
         (Verified::Yes { rehash }, Some(user)) => {
@@ -62,13 +73,12 @@ pub async fn sign_in(
                 users::upgrade_hash(&state.pool, user.id, &user.password_hash, &new_hash).await?;
             }
             // With two-factor, only the completed second step clears failures and counts
-            // as a sign-in.
+            // as a sign-in; the right password only takes back its own reservation.
             if user.has_two_factor() {
+                reservation.give_back(state).await?;
                 return Ok(user);
             }
-            if standing.has_failures {
-                throttle::clear(state, &key).await?;
-            }
+            reservation.clear(state).await?;
             audit::record(
                 &state.pool,
                 EventKind::SignIn,
@@ -82,7 +92,7 @@ pub async fn sign_in(
             Ok(user)
         }
         (_, user) => {
-            throttle::record_failure(state, &key).await?;
+            reservation.fail(state).await?;
             audit::record(
                 &state.pool,
                 EventKind::SignInFailed,

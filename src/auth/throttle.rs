@@ -1,12 +1,19 @@
 //! Throttling decisions: per address (growing delays after failures) and per client IP.
+//!
+//! An attempt on an address is a [`Reservation`] taken before any hashing or code check:
+//! one statement in Postgres counts it as in flight, or refuses it while the address waits
+//! out a delay or as many attempts are in flight as failures remain free. The caller then
+//! settles it: as a failure, given back when the attempt turns out not to be one, or with
+//! the address cleared when it completes a sign-in.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use time::OffsetDateTime;
 
 use super::Failure;
 use crate::app::AppState;
-use crate::store::throttle;
+use crate::store::throttle::{self, Delays};
 
 /// The actions counted per IP.
 #[derive(Debug, Clone, Copy)]
@@ -25,12 +32,15 @@ impl IpScope {
 }
 
 /// Counts one attempt from `ip`; refuses it past `LATCHKEY_IP_RATE_LIMIT` per minute.
+/// The decision is the count the one counting statement returned, so concurrent attempts
+/// cannot all see the same count.
 pub async fn check_ip(state: &AppState, scope: IpScope, ip: &str) -> Result<(), Failure> {
     let limit = state.config.ip_rate_limit;
     if limit == 0 {
         return Ok(());
     }
-    let (attempts, window_end) = throttle::hit_ip(&state.pool, scope.as_str(), ip).await?;
+    let key = ip_key(ip);
+    let (attempts, window_end) = throttle::hit_ip(&state.pool, scope.as_str(), &key).await?;
     if attempts > i32::try_from(limit).unwrap_or(i32::MAX) {
         metrics::counter!("latchkey_throttled_total", "kind" => "ip").increment(1);
         return Err(Failure::Throttled {
@@ -40,45 +50,118 @@ pub async fn check_ip(state: &AppState, scope: IpScope, ip: &str) -> Result<(), 
     Ok(())
 }
 
-/// What [`check_account`] found: an address with failures on record is cleared after a
-/// success; one without needs no write (most sign-ins).
-#[derive(Debug, Clone, Copy)]
-pub struct Standing {
-    pub has_failures: bool,
-}
-
-/// Refuses an attempt on an address that is waiting out its delay. Checked before any
-/// hashing, whether or not the address has an account.
-pub async fn check_account(state: &AppState, email_key: &str) -> Result<Standing, Failure> {
-    match throttle::standing(&state.pool, email_key).await? {
-        (_, Some(until_at)) => {
-            metrics::counter!("latchkey_throttled_total", "kind" => "account").increment(1);
-            Err(Failure::Throttled {
-                retry_after: until(until_at),
-            })
-        }
-        (has_failures, None) => Ok(Standing { has_failures }),
+/// The row an IP is counted under: an IPv4 address as it is, an IPv6 client by its /64
+/// (one subscriber's allocation, which it can walk through freely). An IPv4-mapped IPv6
+/// address counts as the IPv4 address.
+fn ip_key(ip: &str) -> String {
+    match ip.parse::<IpAddr>() {
+        Ok(IpAddr::V4(v4)) => v4.to_string(),
+        Ok(IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                format!("{}/64", std::net::Ipv6Addr::from(prefix))
+            }
+        },
+        Err(_) => ip.to_owned(),
     }
 }
 
-pub async fn record_failure(state: &AppState, email_key: &str) -> anyhow::Result<()> {
+fn delays(state: &AppState) -> Delays {
     let t = &state.config.throttle;
-    throttle::record_failure(
-        &state.pool,
-        email_key,
-        t.free_failures,
-        t.base_delay_secs,
-        t.max_delay_secs,
-    )
-    .await
+    Delays {
+        free: t.free_failures,
+        base_secs: t.base_delay_secs,
+        max_secs: t.max_delay_secs,
+    }
 }
 
+/// How long an attempt waits for attempts in flight on its address to settle before it
+/// is refused; they settle within one hash or code check.
+const HOLD_AT_MOST: Duration = Duration::from_secs(5);
+
+/// One attempt on an address, reserved before it is checked: settle it with
+/// [`Reservation::fail`], [`Reservation::give_back`] or [`Reservation::clear`]. One that
+/// is dropped (an unexpected error) is void after a minute.
+#[derive(Debug)]
+#[must_use = "settle a reservation: fail, give_back or clear"]
+pub struct Reservation {
+    email_key: String,
+}
+
+/// Reserves an attempt on the address, before any hashing, whether or not the address
+/// has an account. Refused with `Throttled` while the address waits out its delay; while
+/// only attempts in flight hold it (as many as failures remain free), it waits for them
+/// to settle, since each may turn out not to be a failure.
+pub async fn reserve(state: &AppState, email_key: &str) -> Result<Reservation, Failure> {
+    let started = tokio::time::Instant::now();
+    loop {
+        if throttle::reserve(&state.pool, email_key, state.config.throttle.free_failures).await? {
+            return Ok(Reservation {
+                email_key: email_key.to_owned(),
+            });
+        }
+        let blocked = throttle::blocked_until(&state.pool, email_key).await?;
+        if blocked.is_some() || started.elapsed() >= HOLD_AT_MOST {
+            metrics::counter!("latchkey_throttled_total", "kind" => "account").increment(1);
+            return Err(Failure::Throttled {
+                retry_after: blocked.map_or(Duration::from_secs(1), until),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(
+            10 + u64::from(rand::random::<u8>() % 30),
+        ))
+        .await;
+    }
+}
+
+impl Reservation {
+    /// The attempt failed: one more failure on record, and a delay from the free
+    /// failures on.
+    pub async fn fail(self, state: &AppState) -> anyhow::Result<()> {
+        throttle::settle_failure(&state.pool, &self.email_key, delays(state)).await
+    }
+
+    /// The attempt was not a failure (a right password, a right code, or never checked
+    /// because the hashing queue was full): nothing is counted.
+    pub async fn give_back(self, state: &AppState) -> anyhow::Result<()> {
+        throttle::give_back(&state.pool, &self.email_key).await
+    }
+
+    /// The attempt completed a sign-in: the address's failures are forgotten.
+    pub async fn clear(self, state: &AppState) -> anyhow::Result<()> {
+        let mut conn = state.pool.acquire().await?;
+        throttle::clear(&mut conn, &self.email_key, true).await
+    }
+}
+
+/// Forgets the address's failures (after a password change).
 pub async fn clear(state: &AppState, email_key: &str) -> anyhow::Result<()> {
-    throttle::clear(&state.pool, email_key).await
+    let mut conn = state.pool.acquire().await?;
+    throttle::clear(&mut conn, email_key, false).await
 }
 
 /// Whole seconds until `at`, at least one (a `Retry-After: 0` invites a hot loop).
 fn until(at: OffsetDateTime) -> Duration {
     let secs = (at - OffsetDateTime::now_utc()).whole_seconds();
     Duration::from_secs(u64::try_from(secs).unwrap_or(0).max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ip_key;
+
+    #[test]
+    fn ipv6_clients_are_counted_per_64_and_ipv4_per_address() {
+        assert_eq!(ip_key("203.0.113.7"), "203.0.113.7");
+        assert_ne!(ip_key("203.0.113.7"), ip_key("203.0.113.8"));
+        assert_eq!(ip_key("2001:db8:1:2:aaaa::1"), "2001:db8:1:2::/64");
+        assert_eq!(
+            ip_key("2001:db8:1:2:aaaa::1"),
+            ip_key("2001:db8:1:2:ffff:ffff:ffff:ffff")
+        );
+        assert_ne!(ip_key("2001:db8:1:2::1"), ip_key("2001:db8:1:3::1"));
+        assert_eq!(ip_key("::ffff:203.0.113.7"), "203.0.113.7");
+        assert_eq!(ip_key(""), "");
+    }
 }

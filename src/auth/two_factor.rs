@@ -213,14 +213,27 @@ pub async fn pending_secret(state: &AppState, user: &User) -> anyhow::Result<Tot
 }
 
 /// Checks a `totp_code` field: a current code (each accepted once) or an unused recovery
-/// code (used up now). Wrong codes count as failed sign-ins for the account's throttle.
+/// code (used up now). Each check reserves a failure on the account's throttle first; a
+/// right code gives it back, a wrong one lets it stand.
 pub async fn check_code(state: &AppState, user: &User, code: &str) -> Result<(), TwoFactorError> {
-    let key = user.email.to_lowercase();
-    throttle::check_account(state, &key).await?;
+    check_code_reserved(state, user, code)
+        .await?
+        .give_back(state)
+        .await?;
+    Ok(())
+}
+
+/// [`check_code`], leaving the right code's reservation to the caller.
+async fn check_code_reserved(
+    state: &AppState,
+    user: &User,
+    code: &str,
+) -> Result<throttle::Reservation, TwoFactorError> {
+    let reservation = throttle::reserve(state, &user.email.to_lowercase()).await?;
     if verify_code(state, user, code).await? {
-        return Ok(());
+        return Ok(reservation);
     }
-    throttle::record_failure(state, &key).await?;
+    reservation.fail(state).await?;
     Err(TwoFactorError::WrongCode)
 }
 
@@ -309,10 +322,12 @@ pub async fn enable(
     };
     let secret = open(&state.keys.totp, user.id, &sealed)?;
     let digits: String = code.chars().filter(|c| !c.is_whitespace()).collect();
+    let reservation = throttle::reserve(state, &user.email.to_lowercase()).await?;
     let Some(step) = secret.matching_step(&user.email, &digits)? else {
-        throttle::record_failure(state, &user.email.to_lowercase()).await?;
+        reservation.fail(state).await?;
         return Err(TwoFactorError::WrongCode);
     };
+    reservation.give_back(state).await?;
     let codes = generate_recovery_codes();
     let hashes: Vec<Vec<u8>> = codes
         .iter()
@@ -428,21 +443,24 @@ pub async fn complete_sign_in(
         .await?
         .filter(|user| user.password_changed_at == pending.password_set_at)
         .ok_or(TwoFactorError::WrongState)?;
-    if let Err(err) = check_code(state, &user, code).await {
-        if matches!(err, TwoFactorError::WrongCode) {
-            audit::record(
-                &state.pool,
-                EventKind::SignInFailed,
-                Some(user.id),
-                Some(&user.email),
-                origin,
-                Some("wrong two-factor code"),
-            )
-            .await?;
+    let reservation = match check_code_reserved(state, &user, code).await {
+        Ok(reservation) => reservation,
+        Err(err) => {
+            if matches!(err, TwoFactorError::WrongCode) {
+                audit::record(
+                    &state.pool,
+                    EventKind::SignInFailed,
+                    Some(user.id),
+                    Some(&user.email),
+                    origin,
+                    Some("wrong two-factor code"),
+                )
+                .await?;
+            }
+            return Err(err);
         }
-        return Err(err);
-    }
-    throttle::clear(state, &user.email.to_lowercase()).await?;
+    };
+    reservation.clear(state).await?;
     audit::record(
         &state.pool,
         EventKind::SignIn,

@@ -1,6 +1,6 @@
 //! Password reset tokens, stored only as SHA-256 digests, consumed by one atomic statement.
 
-use sqlx::{PgConnection, PgPool};
+use sqlx::{PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
 
 /// Stores a new token and voids every older unused one of the account.
@@ -34,14 +34,24 @@ pub async fn void_for_user(conn: &mut PgConnection, user_id: Uuid) -> anyhow::Re
     Ok(())
 }
 
+/// Locks the account's row until the transaction ends, so reset requests for one account
+/// run one after another; `false` if the account is gone.
+pub async fn lock_account(conn: &mut PgConnection, user_id: Uuid) -> anyhow::Result<bool> {
+    let row: Option<(Uuid,)> = sqlx::query_as("select id from users where id = $1 for update")
+        .bind(user_id)
+        .fetch_optional(conn)
+        .await?;
+    Ok(row.is_some())
+}
+
 /// How many reset links the account was sent in the last hour.
-pub async fn count_recent(pool: &PgPool, user_id: Uuid) -> anyhow::Result<i64> {
+pub async fn count_recent<'e>(executor: impl PgExecutor<'e>, user_id: Uuid) -> anyhow::Result<i64> {
     let (count,): (i64,) = sqlx::query_as(
         "select count(*) from reset_tokens
          where user_id = $1 and created_at > now() - interval '1 hour'",
     )
     .bind(user_id)
-    .fetch_one(pool)
+    .fetch_one(executor)
     .await?;
     Ok(count)
 }

@@ -1,41 +1,82 @@
 //! Throttle state shared by every instance: failures per address, attempts per IP.
+//!
+//! An attempt on an address is reserved before it is checked, by one statement: the
+//! address's row counts the attempts in flight (`pending`) beside the settled
+//! `failures`, and a reservation is granted only while the address is not waiting out a
+//! delay and failures plus attempts in flight stay within the free failures. So however
+//! many attempts race (on any number of instances), no more are checked than could fail
+//! before the delay starts. Each reservation is then settled: as a failure, given back,
+//! or with the address cleared.
 
-use sqlx::PgPool;
+use sqlx::{PgExecutor, PgPool};
 use time::OffsetDateTime;
 
-/// The address's standing: whether it has failures on record, and until when it is held
-/// back (if it is now).
-pub async fn standing(
+/// How the delays grow: `free` failures without a delay, then the address waits
+/// `base · 2^(n − free)` seconds after its `n`-th failure, capped at `max` (never a
+/// permanent lockout).
+#[derive(Debug, Clone, Copy)]
+pub struct Delays {
+    pub free: i32,
+    pub base_secs: u64,
+    pub max_secs: u64,
+}
+
+/// Attempts in flight older than this are void: no check takes that long (requests time
+/// out after 30 s), so their process died or dropped them.
+const PENDING_STALE_SECS: f64 = 60.0;
+
+/// Reserves one attempt: `true` if granted. Refused while the address waits out a delay,
+/// or while as many attempts are in flight as failures remain free (one at a time once
+/// the delays have started).
+pub async fn reserve(pool: &PgPool, email_key: &str, free: i32) -> anyhow::Result<bool> {
+    let row: Option<(i32,)> = sqlx::query_as(
+        "insert into login_throttle as t (email_key, failures, pending, pending_since, updated_at)
+         values ($1, 0, 1, now(), now())
+         on conflict (email_key) do update set
+             pending = case when t.pending_since < now() - make_interval(secs => $3)
+                            then 1 else t.pending + 1 end,
+             pending_since = now(),
+             updated_at = now()
+         where (t.blocked_until is null or t.blocked_until <= now())
+           and case when t.pending_since < now() - make_interval(secs => $3)
+                    then 0 else t.pending end < greatest($2 - t.failures, 1)
+         returning pending",
+    )
+    .bind(email_key)
+    .bind(free)
+    .bind(PENDING_STALE_SECS)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.is_some())
+}
+
+/// Until when a refused address waits; `None` when it was refused only because attempts
+/// are in flight (or it was cleared since).
+pub async fn blocked_until(
     pool: &PgPool,
     email_key: &str,
-) -> anyhow::Result<(bool, Option<OffsetDateTime>)> {
+) -> anyhow::Result<Option<OffsetDateTime>> {
     let row: Option<(Option<OffsetDateTime>,)> = sqlx::query_as(
-        "select case when blocked_until > now() then blocked_until end
-         from login_throttle where email_key = $1",
+        "select blocked_until from login_throttle
+         where email_key = $1 and blocked_until > now()",
     )
     .bind(email_key)
     .fetch_optional(pool)
     .await?;
-    Ok(match row {
-        Some((until,)) => (true, until),
-        None => (false, None),
-    })
+    Ok(row.and_then(|(until,)| until))
 }
 
-/// Counts one more consecutive failure; past `free` failures the address waits
-/// `base · 2^(n − free − 1)` seconds, capped at `max` (never a permanent lockout).
-pub async fn record_failure(
-    pool: &PgPool,
-    email_key: &str,
-    free: i32,
-    base_secs: u64,
-    max_secs: u64,
-) -> anyhow::Result<()> {
+/// Settles a reservation as a failure: one more consecutive failure, and from the
+/// `free`-th on, a delay.
+pub async fn settle_failure(pool: &PgPool, email_key: &str, delays: Delays) -> anyhow::Result<()> {
     sqlx::query(
         "insert into login_throttle as t (email_key, failures, blocked_until, updated_at)
-         values ($1, 1, null, now())
+         values ($1, 1, case when 1 >= $2
+                     then now() + make_interval(secs => least($4::float8, $3::float8))
+                     end, now())
          on conflict (email_key) do update set
              failures = t.failures + 1,
+             pending = greatest(t.pending - 1, 0),
              updated_at = now(),
              blocked_until = case when t.failures + 1 >= $2
                  then now() + make_interval(secs => least($4::float8,
@@ -43,25 +84,71 @@ pub async fn record_failure(
                  else null end",
     )
     .bind(email_key)
-    .bind(free)
-    .bind(base_secs as f64)
-    .bind(max_secs as f64)
+    .bind(delays.free)
+    .bind(delays.base_secs as f64)
+    .bind(delays.max_secs as f64)
     .execute(pool)
     .await?;
     Ok(())
 }
 
-/// A completed sign-in clears the address's failures.
-pub async fn clear(pool: &PgPool, email_key: &str) -> anyhow::Result<()> {
-    sqlx::query("delete from login_throttle where email_key = $1")
-        .bind(email_key)
-        .execute(pool)
-        .await?;
+/// Settles a reservation that turned out not to be a failure: nothing is counted.
+pub async fn give_back(pool: &PgPool, email_key: &str) -> anyhow::Result<()> {
+    sqlx::query(
+        "update login_throttle set pending = greatest(pending - 1, 0), updated_at = now()
+         where email_key = $1",
+    )
+    .bind(email_key)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// A completed sign-in, password change or reset forgets the address's failures; `own`
+/// settles the caller's reservation too. The row goes when no other attempt is in
+/// flight, else it stays with their count.
+pub async fn clear(
+    conn: &mut sqlx::PgConnection,
+    email_key: &str,
+    own: bool,
+) -> anyhow::Result<()> {
+    let own = i32::from(own);
+    let deleted = sqlx::query(
+        "delete from login_throttle
+         where email_key = $1
+           and (pending - $2 <= 0 or pending_since < now() - make_interval(secs => $3))",
+    )
+    .bind(email_key)
+    .bind(own)
+    .bind(PENDING_STALE_SECS)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if deleted == 0 {
+        clear_failures(&mut *conn, email_key, own).await?;
+    }
+    Ok(())
+}
+
+async fn clear_failures<'e>(
+    executor: impl PgExecutor<'e>,
+    email_key: &str,
+    own: i32,
+) -> anyhow::Result<()> {
+    sqlx::query(
+        "update login_throttle set failures = 0, blocked_until = null,
+             pending = greatest(pending - $2, 0), updated_at = now()
+         where email_key = $1",
+    )
+    .bind(email_key)
+    .bind(own)
+    .execute(executor)
+    .await?;
     Ok(())
 }
 
 /// Counts an attempt in the IP's current one-minute window; returns the window's count
-/// and when it ends.
+/// (this attempt included, as the one statement left it) and when the window ends.
 pub async fn hit_ip(pool: &PgPool, scope: &str, ip: &str) -> anyhow::Result<(i32, OffsetDateTime)> {
     Ok(sqlx::query_as(
         "insert into ip_throttle as t (scope, ip, window_start, attempts)

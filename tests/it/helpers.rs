@@ -35,6 +35,13 @@ pub struct TestApp {
     server: Option<Server>,
 }
 
+/// Another instance on a [`TestApp`]'s database (from [`TestApp::spawn_sibling`]).
+pub struct Sibling {
+    /// `http://127.0.0.1:<port>`.
+    pub base: String,
+    _server: Server,
+}
+
 /// One browser: its own cookie jar, redirects not followed so tests can assert them.
 pub struct Browser {
     pub client: Client,
@@ -87,6 +94,22 @@ impl TestApp {
     pub fn metrics_base(&self) -> Option<String> {
         let server = self.server.as_ref().expect("running");
         server.metrics_addr.map(|addr| format!("http://{addr}"))
+    }
+
+    /// A second instance of this service on the same database, with the same settings
+    /// and key, on its own port: two instances behind one load balancer.
+    pub async fn spawn_sibling(&self) -> Sibling {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mut config = (*self.state().config).clone();
+        config.listen = addr;
+        let server = Server::start(config, listener)
+            .await
+            .expect("second instance starts");
+        Sibling {
+            base: format!("http://{addr}"),
+            _server: server,
+        }
     }
 
     pub fn state(&self) -> &latchkey::app::AppState {

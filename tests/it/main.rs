@@ -13,6 +13,7 @@ mod housekeeping;
 mod instances;
 mod migrations;
 mod process;
+mod races;
 mod reset;
 mod server_limits;
 mod settings;

@@ -39,6 +39,11 @@ fn migrations_up_to(version: i64) -> Migrator {
 
 /// A fresh database migrated to version 0001 only, with the fixture loaded.
 async fn database_at_0001() -> String {
+    database_at(1, &[FIXTURE]).await
+}
+
+/// A fresh database migrated up to `version` only, with `fixtures` loaded in order.
+async fn database_at(version: i64, fixtures: &[&str]) -> String {
     let base = std::env::var("LATCHKEY_TEST_PG")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
     let name = format!("latchkey_test_{}", uuid::Uuid::new_v4().simple());
@@ -51,13 +56,19 @@ async fn database_at_0001() -> String {
         .expect("create database");
     let url = format!("{base}/{name}");
     let pool = PgPool::connect(&url).await.expect("connect");
-    let previous = migrations_up_to(1);
-    assert_eq!(previous.migrations.len(), 1, "migration 0001 is embedded");
-    previous.run(&pool).await.expect("migrating to 0001");
-    sqlx::raw_sql(FIXTURE)
-        .execute(&pool)
-        .await
-        .expect("loading the 0001 fixture");
+    let previous = migrations_up_to(version);
+    assert_eq!(
+        previous.migrations.len(),
+        usize::try_from(version).expect("version"),
+        "migrations up to {version} are embedded"
+    );
+    previous.run(&pool).await.expect("migrating");
+    for fixture in fixtures {
+        sqlx::raw_sql(fixture)
+            .execute(&pool)
+            .await
+            .expect("loading a fixture");
+    }
     pool.close().await;
     url
 }
@@ -271,5 +282,53 @@ async fn upgrading_to_0003_keys_every_account_in_rust_and_keeps_addresses_unique
             Err(latchkey::store::users::CreateUserError::EmailTaken)
         ),
         "{taken:?}"
+    );
+}
+
+const FIXTURE_0002: &str = include_str!("../fixtures/schema_0002_data.sql");
+
+#[tokio::test]
+async fn upgrading_from_0002_keeps_each_address_throttle_standing() {
+    let url = database_at(2, &[FIXTURE, FIXTURE_0002]).await;
+    let app = TestApp::spawn_with(|c| c.database_url = SecretString::from(url.clone())).await;
+
+    // Waiting out a delay before the upgrade: still waiting after it, right password or not.
+    let waiting = app
+        .browser()
+        .sign_in("alice@example.com", ACCOUNTS[0].1)
+        .await;
+    assert_status(&waiting, StatusCode::TOO_MANY_REQUESTS);
+    let retry_after: u64 = waiting
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After");
+    assert!(retry_after > 60, "{retry_after}");
+
+    // Four failures on record: one more guess is checked, the next waits.
+    let guesser = app.browser();
+    assert_status(
+        &guesser
+            .sign_in("carol@example.com", "not her passphrase")
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    );
+    assert_status(
+        &guesser.sign_in("carol@example.com", ACCOUNTS[2].1).await,
+        StatusCode::TOO_MANY_REQUESTS,
+    );
+
+    // Bob's two failures from the 0001 fixture: his right password clears them.
+    assert_status(
+        &app.browser()
+            .sign_in("bob.mixed@example.com", ACCOUNTS[1].1)
+            .await,
+        StatusCode::SEE_OTHER,
+    );
+    assert_eq!(
+        app.count("select count(*) from login_throttle where email_key = 'bob.mixed@example.com'")
+            .await,
+        0
     );
 }

@@ -32,7 +32,7 @@ fn secret_on(page: &str) -> Vec<u8> {
         .expect("base32")
 }
 
-fn code_at(secret: &[u8], offset_steps: i64) -> String {
+pub(crate) fn code_at(secret: &[u8], offset_steps: i64) -> String {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
