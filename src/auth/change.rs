@@ -96,7 +96,7 @@ pub async fn change_password(
     .await?;
     tx.commit().await?;
     state.outbox.notify();
-    throttle::clear(state, &user.email.to_lowercase()).await?;
+    throttle::clear(state, &user.email_key).await?;
     session.rotate().await?;
     Ok(signed_out)
 }

@@ -48,7 +48,7 @@ pub async fn confirm_password(
     what: &str,
 ) -> Result<bool, Failure> {
     use crate::store::audit::{self, EventKind};
-    let key = user.email.to_lowercase();
+    let key = user.email_key.clone();
     let reservation = throttle::reserve(state, &key).await?;
     let verified = match state
         .hasher

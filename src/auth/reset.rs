@@ -178,7 +178,7 @@ pub async fn complete_reset(
     store_new_password(state, &mut tx, &user, &hash, How::Reset, origin).await?;
     // Whoever made the account wait (wrong guesses by someone else, say) must not keep
     // its owner out once the owner has set a new password through the mailed link.
-    throttle::clear(&mut tx, &user.email.to_lowercase(), false).await?;
+    throttle::clear(&mut tx, &user.email_key, false).await?;
     tx.commit().await?;
     state.outbox.notify();
     Ok(())

@@ -229,7 +229,7 @@ async fn check_code_reserved(
     user: &User,
     code: &str,
 ) -> Result<throttle::Reservation, TwoFactorError> {
-    let reservation = throttle::reserve(state, &user.email.to_lowercase()).await?;
+    let reservation = throttle::reserve(state, &user.email_key).await?;
     if verify_code(state, user, code).await? {
         return Ok(reservation);
     }
@@ -322,7 +322,7 @@ pub async fn enable(
     };
     let secret = open(&state.keys.totp, user.id, &sealed)?;
     let digits: String = code.chars().filter(|c| !c.is_whitespace()).collect();
-    let reservation = throttle::reserve(state, &user.email.to_lowercase()).await?;
+    let reservation = throttle::reserve(state, &user.email_key).await?;
     let Some(step) = secret.matching_step(&user.email, &digits)? else {
         reservation.fail(state).await?;
         return Err(TwoFactorError::WrongCode);

@@ -11,6 +11,8 @@ use crate::domain::EmailAddress;
 pub struct User {
     pub id: Uuid,
     pub email: String,
+    /// `EmailAddress::key` of the address: what looks the account up and throttles it.
+    pub email_key: String,
     pub password_hash: String,
     pub password_changed_at: OffsetDateTime,
     pub created_at: OffsetDateTime,
@@ -34,7 +36,8 @@ pub enum CreateUserError {
 /// The unique constraint on `users.email_key` (migration 0003).
 const EMAIL_KEY_CONSTRAINT: &str = "users_email_key_key";
 
-const COLUMNS: &str = "id, email, password_hash, password_changed_at, created_at, totp_enabled_at";
+const COLUMNS: &str =
+    "id, email, email_key, password_hash, password_changed_at, created_at, totp_enabled_at";
 
 /// Accounts are found by `EmailAddress::key`, stored in `email_key` (unique).
 pub async fn find_by_email(pool: &PgPool, email: &EmailAddress) -> anyhow::Result<Option<User>> {
