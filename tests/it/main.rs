@@ -12,6 +12,7 @@ mod instances;
 mod migrations;
 mod process;
 mod reset;
+mod session_binding;
 mod settings;
 mod sign_in;
 mod smtp_sink;
