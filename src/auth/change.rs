@@ -83,7 +83,7 @@ pub async fn change_password(
 
     let current_id = session.id();
     let mut tx = state.pool.begin().await?;
-    let signed_out = store_new_password(
+    let stored = store_new_password(
         state,
         &mut tx,
         &user,
@@ -97,8 +97,16 @@ pub async fn change_password(
     tx.commit().await?;
     state.outbox.notify();
     throttle::clear(state, &user.email.to_lowercase()).await?;
-    session.rotate().await?;
-    Ok(signed_out)
+    session.rotate_for_password(stored.password_set_at).await?;
+    Ok(stored.signed_out)
+}
+
+/// What storing a new password did.
+pub(crate) struct Stored {
+    /// The account's new `password_changed_at`: a session that goes on records it.
+    pub password_set_at: time::OffsetDateTime,
+    /// How many sessions were signed out.
+    pub signed_out: u64,
 }
 
 /// How a password is being replaced.
@@ -110,8 +118,8 @@ pub(crate) enum How<'a> {
 }
 
 /// The part of a password change that must happen together, inside the caller's
-/// transaction: new hash, outstanding reset links void, sessions signed out, the audit
-/// event and the notification mail. Returns how many sessions were signed out.
+/// transaction: new hash, outstanding reset links and an unconfirmed two-factor setup key
+/// void, sessions signed out, the audit event and the notification mail.
 pub(crate) async fn store_new_password(
     state: &AppState,
     tx: &mut PgConnection,
@@ -119,8 +127,8 @@ pub(crate) async fn store_new_password(
     hash: &str,
     how: How<'_>,
     origin: &Origin,
-) -> anyhow::Result<u64> {
-    users::set_password(&mut *tx, user.id, hash).await?;
+) -> anyhow::Result<Stored> {
+    let password_set_at = users::set_password(&mut *tx, user.id, hash).await?;
     reset_tokens::void_for_user(&mut *tx, user.id).await?;
     let (keep, kind, by_reset) = match how {
         How::Change { keep } => (keep, EventKind::PasswordChanged, false),
@@ -144,5 +152,8 @@ pub(crate) async fn store_new_password(
         origin,
     )?;
     outbox::enqueue(&mut *tx, &mail).await?;
-    Ok(signed_out)
+    Ok(Stored {
+        password_set_at,
+        signed_out,
+    })
 }
