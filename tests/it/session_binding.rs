@@ -435,3 +435,53 @@ async fn a_csrf_token_from_one_session_does_not_work_with_another() {
         .await;
     assert_status(&own, StatusCode::SEE_OTHER);
 }
+
+#[tokio::test]
+async fn a_browser_whose_session_ended_signs_in_again_with_the_sign_in_form() {
+    let app = TestApp::spawn().await;
+    let email = "alice@example.com";
+    app.create_user(email, PASSWORD).await;
+    let browser = app.browser();
+    assert_status(
+        &browser.sign_in(email, PASSWORD).await,
+        StatusCode::SEE_OTHER,
+    );
+
+    // The state a sign-in that raced a change leaves behind: the session row is there,
+    // but the password it began with is no longer the account's. The sign-in page ends
+    // it, and its form must work without it.
+    sqlx::query("update users set password_changed_at = password_changed_at + interval '1 second'")
+        .execute(&app.pool)
+        .await
+        .expect("update");
+    let page = browser.get("/sign-in").await;
+    assert_status(&page, StatusCode::OK);
+    assert_eq!(
+        browser.session_cookie(),
+        None,
+        "the dead session's cookie is removed"
+    );
+    assert_status(
+        &browser.sign_in(email, PASSWORD).await,
+        StatusCode::SEE_OTHER,
+    );
+    assert_status(&browser.get("/settings/security").await, StatusCode::OK);
+
+    // A reset deletes the session row: the cookie names nothing, and the form still works.
+    let token = app.request_reset_link(&app.browser(), email, 1).await;
+    assert_status(
+        &app.browser()
+            .reset_password(&token, NEW_PASSWORD, NEW_PASSWORD)
+            .await,
+        StatusCode::SEE_OTHER,
+    );
+    assert!(
+        browser.session_cookie().is_some(),
+        "the browser still sends it"
+    );
+    assert_status(
+        &browser.sign_in(email, NEW_PASSWORD).await,
+        StatusCode::SEE_OTHER,
+    );
+    assert_status(&browser.get("/settings/security").await, StatusCode::OK);
+}
