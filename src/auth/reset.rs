@@ -169,7 +169,9 @@ pub async fn complete_reset(
     if reset_tokens::consume(&mut tx, &digest).await?.is_none() {
         return Err(ResetError::Token(TokenProblem::Used));
     }
-    store_new_password(state, &mut tx, &user, &hash, How::Reset, origin).await?;
+    store_new_password(state, &mut tx, &user, &hash, How::Reset, origin)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("a reset is never refused for a newer password"))?;
     tx.commit().await?;
     state.outbox.notify();
     Ok(())

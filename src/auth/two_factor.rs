@@ -202,10 +202,13 @@ pub async fn pending_secret(state: &AppState, user: &User) -> anyhow::Result<Tot
         }
     }
     let secret = TotpSecret::generate();
+    // Not stored when the password changed since `user` was read: then the page goes to
+    // a session that is already over, and nobody can confirm the key it shows.
     store::set_pending(
         &state.pool,
         user.id,
         &seal(&state.keys.totp, user.id, &secret)?,
+        user.password_changed_at,
     )
     .await?;
     Ok(secret)
@@ -409,8 +412,14 @@ pub async fn disable(
         Some(hash) => {
             let how = How::Change {
                 keep: current_id.as_ref(),
+                verified_with: user.password_changed_at,
             };
-            Some(store_new_password(state, &mut tx, user, &hash, how, origin).await?)
+            match store_new_password(state, &mut tx, user, &hash, how, origin).await? {
+                Some(stored) => Some(stored),
+                // Reset or changed elsewhere since the password was checked: this
+                // session is over (the next page sends it to sign in); nothing changes.
+                None => return Err(TwoFactorError::WrongState),
+            }
         }
         None => None,
     };

@@ -232,6 +232,7 @@ async fn change(
             "Your new password must be different from your current password",
         ),
         Err(ChangeError::Policy(violation)) => policy_errors(&violation),
+        Err(ChangeError::SessionEnded) => return Ok(Redirect::to("/sign-in").into_response()),
         Err(ChangeError::Failure(Failure::Throttled { retry_after })) => Errors::one(
             "current_password",
             format!(

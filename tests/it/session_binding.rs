@@ -485,3 +485,93 @@ async fn a_browser_whose_session_ended_signs_in_again_with_the_sign_in_form() {
     );
     assert_status(&browser.get("/settings/security").await, StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_racing_a_reset_does_not_outlive_it() {
+    let app = TestApp::spawn_with(|c| c.throttle.reset_mails_per_hour = 100).await;
+    let email = "alice@example.com";
+    app.create_user(email, PASSWORD).await;
+    let owner = app.browser();
+    let mut current = PASSWORD.to_owned();
+    let mut used = Vec::new();
+    let mut outlived = Vec::new();
+    for round in 1..=5 {
+        let token = fresh_reset_link(&app, &owner, email, &used).await;
+        used.push(token.clone());
+        let reset_to = format!("round {round} the owner resets to this");
+        let change_to = format!("round {round} the old session changes to this");
+
+        // Session 1 began with the current password and changes it as the owner resets.
+        let one = app.browser();
+        assert_status(&one.sign_in(email, &current).await, StatusCode::SEE_OTHER);
+        let before = one.session_cookie().expect("session 1");
+        let change_csrf = one.csrf_token("/settings/security").await;
+        let reset_csrf = owner
+            .csrf_token(&format!("/reset-password?token={token}"))
+            .await;
+        let requests = vec![
+            RawRequest {
+                source: burst::source(0, 2),
+                target: burst::target(&app.base),
+                bytes: burst::form_post(
+                    &app.base,
+                    "/settings/security/password",
+                    &burst::cookie_header(&one, &app.base),
+                    &[
+                        ("current_password", current.as_str()),
+                        ("new_password", &change_to),
+                        ("new_password_confirm", &change_to),
+                        ("csrf_token", &change_csrf),
+                    ],
+                ),
+            },
+            RawRequest {
+                source: burst::source(1, 2),
+                target: burst::target(&app.base),
+                bytes: burst::form_post(
+                    &app.base,
+                    "/reset-password",
+                    &burst::cookie_header(&owner, &app.base),
+                    &[
+                        ("token", token.as_str()),
+                        ("new_password", &reset_to),
+                        ("new_password_confirm", &reset_to),
+                        ("csrf_token", &reset_csrf),
+                    ],
+                ),
+            },
+        ];
+        let answers = burst::burst(requests).await;
+        let reset_done = answers[1].status == 303;
+        let changed = answers[0].status == 303
+            && answers[0]
+                .header("location")
+                .is_some_and(|l| l.contains("notice=password-changed"));
+        let mut alive = 0;
+        for session in std::iter::once(before).chain(answers[0].set_cookie(SESSION)) {
+            if security_page_status(&app, &session).await == StatusCode::OK {
+                alive += 1;
+            }
+        }
+        let reset_works =
+            app.browser().sign_in(email, &reset_to).await.status() == StatusCode::SEE_OTHER;
+        // One of the two wins. A reset that went through has the last word: no session
+        // that began before it goes on, and its password is the one that works. A change
+        // that went through first voided the link (410).
+        let fine = if reset_done {
+            !changed && alive == 0 && reset_works
+        } else {
+            changed && answers[1].status == 410
+        };
+        if !fine {
+            outlived.push((round, answers[1].status, changed, alive, reset_works));
+        }
+        current = if reset_works { reset_to } else { change_to };
+    }
+    assert_eq!(
+        outlived,
+        vec![],
+        "rounds where both won: (round, reset status, change went through, old sessions \
+         still open, the reset's password works)"
+    );
+}
