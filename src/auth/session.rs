@@ -12,8 +12,9 @@ const USER_ID: &str = "user_id";
 const IP: &str = "ip";
 const USER_AGENT: &str = "user_agent";
 const SIGNED_IN_AT: &str = "signed_in_at";
-/// The account's `password_changed_at` when this session began (or last re-recorded it):
-/// a session is worth only as much as the password it was opened with.
+/// The account's `password_changed_at` when this session began (or last re-recorded it),
+/// as microseconds since the epoch (Postgres's precision, and what migration 0004 writes
+/// for older sessions): a session is worth only as much as the password it was opened with.
 const PASSWORD_SET_AT: &str = "password_set_at";
 const PENDING_USER_ID: &str = "pending_user_id";
 const PENDING_UNTIL: &str = "pending_until";
@@ -35,8 +36,22 @@ pub struct PendingSecondStep {
 #[derive(Debug, Clone)]
 pub struct SignedIn {
     pub user_id: Uuid,
-    /// `None` for a session made before sessions recorded it: it proves nothing.
-    pub password_set_at: Option<time::OffsetDateTime>,
+    /// `None` when nothing was recorded: it proves nothing.
+    password_set_at: Option<i64>,
+}
+
+impl SignedIn {
+    /// Whether this session began with the password set at `password_changed_at` (the
+    /// account's current one).
+    pub fn began_with(&self, password_changed_at: time::OffsetDateTime) -> bool {
+        self.password_set_at == Some(password_stamp(password_changed_at))
+    }
+}
+
+/// How a session records a `password_changed_at`.
+fn password_stamp(at: time::OffsetDateTime) -> i64 {
+    // Microseconds since the epoch fit an i64 for ±292,000 years.
+    i64::try_from(at.unix_timestamp_nanos() / 1_000).unwrap_or(i64::MIN)
 }
 
 #[derive(Clone)]
@@ -67,22 +82,21 @@ impl AuthSession {
         let Some(user_id) = self.user_id().await? else {
             return Ok(None);
         };
-        let password_set_at = self
-            .0
-            .get::<time::OffsetDateTime>(PASSWORD_SET_AT)
-            .await
-            .map_err(err)?;
+        let password_set_at = self.0.get::<i64>(PASSWORD_SET_AT).await.map_err(err)?;
         Ok(Some(SignedIn {
             user_id,
             password_set_at,
         }))
     }
 
-    /// The id this session will carry in its cookie after this request, loading the
-    /// session first: `None` when the cookie named no live session (the answer removes it).
-    pub async fn live_id(&self) -> anyhow::Result<Option<Id>> {
-        self.0.get_value(USER_ID).await.map_err(err)?;
-        Ok(self.0.id())
+    /// The id this session's cookie will carry after this request, loading the session
+    /// first: `None` when the cookie named no live session (the answer removes it).
+    pub async fn cookie_id(&self) -> Option<Id> {
+        // When the store cannot be reached the session stays unloaded and the answer
+        // leaves the cookie alone, so it is the cookie's id; whatever needs the session
+        // meets the outage itself.
+        let _ = self.0.get_value(USER_ID).await;
+        self.0.id()
     }
 
     /// Opens a signed-in session under a fresh id, so an id planted before sign-in
@@ -106,7 +120,7 @@ impl AuthSession {
         }
         self.0.insert(USER_ID, user_id).await.map_err(err)?;
         self.0
-            .insert(PASSWORD_SET_AT, password_set_at)
+            .insert(PASSWORD_SET_AT, password_stamp(password_set_at))
             .await
             .map_err(err)?;
         self.0.insert(IP, &origin.ip).await.map_err(err)?;
@@ -185,7 +199,7 @@ impl AuthSession {
     ) -> anyhow::Result<()> {
         self.0.cycle_id().await.map_err(err)?;
         self.0
-            .insert(PASSWORD_SET_AT, password_set_at)
+            .insert(PASSWORD_SET_AT, password_stamp(password_set_at))
             .await
             .map_err(err)
     }

@@ -86,7 +86,7 @@ impl FromRequestParts<AppState> for CsrfToken {
             <AuthSession as FromRequestParts<AppState>>::from_request_parts(parts, state).await?;
         // A cookie naming a session that no longer exists is removed by this answer, so
         // the next POST comes without it: the token must not be bound to it.
-        let id = session.live_id().await?;
+        let id = session.cookie_id().await;
         Ok(CsrfToken(token_for(&key, &nonce, id.as_ref())))
     }
 }

@@ -160,7 +160,7 @@ impl OptionalFromRequestParts<AppState> for CurrentUser {
         // Bound to the password it began with: after a reset or a change (even one that
         // committed while this session's sign-in was still verifying the old password),
         // the session is over, on every instance.
-        if signed_in.password_set_at != Some(user.password_changed_at) {
+        if !signed_in.began_with(user.password_changed_at) {
             session.sign_out().await?;
             return Ok(None);
         }
