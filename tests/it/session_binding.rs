@@ -112,6 +112,7 @@ async fn no_sign_in_racing_a_reset_keeps_a_session_with_the_old_password() {
     let mut old = PASSWORD.to_owned();
     let mut survivors = Vec::new();
     let mut raced = Vec::new();
+    let mut listed = Vec::new();
     let mut used = Vec::new();
     for round in 1..=5 {
         // Failures from the previous round's late sign-ins must not throttle this one.
@@ -151,6 +152,20 @@ async fn no_sign_in_racing_a_reset_keeps_a_session_with_the_old_password() {
 
         let sessions = sessions_from(&answers[..20]);
         raced.push(sessions.len());
+        // The owner, signed in with the new password, sees only this one session listed.
+        sqlx::query("delete from login_throttle")
+            .execute(&a.pool)
+            .await
+            .expect("clear throttle");
+        let fresh = b.browser();
+        assert_status(&fresh.sign_in(email, &new).await, StatusCode::SEE_OTHER);
+        let page = fresh
+            .get("/settings/security")
+            .await
+            .text()
+            .await
+            .expect("page");
+        listed.push(page.matches("<li class=\"session").count());
         // Checked on B first: A's check would flush a dead session for both.
         let alive_b = alive_on(&b, &sessions).await;
         let alive_a = alive_on(&a, &sessions).await;
@@ -165,6 +180,11 @@ async fn no_sign_in_racing_a_reset_keeps_a_session_with_the_old_password() {
         survivors,
         vec![0; 5],
         "old-password sessions that still open Settings, per round (sessions made: {raced:?})"
+    );
+    assert_eq!(
+        listed,
+        vec![1; 5],
+        "sessions listed to the owner after each reset"
     );
     // The new password still signs in, on both instances.
     for app in [&a, &b] {
