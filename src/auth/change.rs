@@ -22,6 +22,10 @@ pub enum ChangeError {
     SameAsCurrent,
     #[error("the new password does not meet the policy")]
     Policy(PolicyViolation),
+    /// The password was reset or changed elsewhere while this change was checked: this
+    /// session began with the old one, so it is over and nothing was changed.
+    #[error("the password changed meanwhile; this session has ended")]
+    SessionEnded,
     #[error(transparent)]
     Failure(#[from] Failure),
 }
@@ -83,35 +87,47 @@ pub async fn change_password(
 
     let current_id = session.id();
     let mut tx = state.pool.begin().await?;
-    let signed_out = store_new_password(
-        state,
-        &mut tx,
-        &user,
-        &hash,
-        How::Change {
-            keep: current_id.as_ref(),
-        },
-        origin,
-    )
-    .await?;
+    let how = How::Change {
+        keep: current_id.as_ref(),
+        verified_with: user.password_changed_at,
+    };
+    let Some(stored) = store_new_password(state, &mut tx, &user, &hash, how, origin).await? else {
+        drop(tx);
+        session.sign_out().await?;
+        return Err(ChangeError::SessionEnded);
+    };
     tx.commit().await?;
     state.outbox.notify();
     throttle::clear(state, &user.email_key).await?;
-    session.rotate().await?;
-    Ok(signed_out)
+    session.rotate_for_password(stored.password_set_at).await?;
+    Ok(stored.signed_out)
+}
+
+/// What storing a new password did.
+pub(crate) struct Stored {
+    /// The account's new `password_changed_at`: a session that goes on records it.
+    pub password_set_at: time::OffsetDateTime,
+    /// How many sessions were signed out.
+    pub signed_out: u64,
 }
 
 /// How a password is being replaced.
 pub(crate) enum How<'a> {
-    /// By the signed-in person: their current session (`keep`) goes on.
-    Change { keep: Option<&'a Id> },
+    /// By the signed-in person, who proved the password set at `verified_with`: their
+    /// current session (`keep`) goes on.
+    Change {
+        keep: Option<&'a Id>,
+        verified_with: time::OffsetDateTime,
+    },
     /// Through an emailed link: every session goes.
     Reset,
 }
 
 /// The part of a password change that must happen together, inside the caller's
-/// transaction: new hash, outstanding reset links void, sessions signed out, the audit
-/// event and the notification mail. Returns how many sessions were signed out.
+/// transaction: new hash, outstanding reset links and an unconfirmed two-factor setup key
+/// void, sessions signed out, the audit event and the notification mail. `None` (and
+/// nothing written) for a change when the password is no longer the one verified: a
+/// reset or another change committed meanwhile.
 pub(crate) async fn store_new_password(
     state: &AppState,
     tx: &mut PgConnection,
@@ -119,13 +135,20 @@ pub(crate) async fn store_new_password(
     hash: &str,
     how: How<'_>,
     origin: &Origin,
-) -> anyhow::Result<u64> {
-    users::set_password(&mut *tx, user.id, hash).await?;
-    reset_tokens::void_for_user(&mut *tx, user.id).await?;
-    let (keep, kind, by_reset) = match how {
-        How::Change { keep } => (keep, EventKind::PasswordChanged, false),
-        How::Reset => (None, EventKind::ResetCompleted, true),
+) -> anyhow::Result<Option<Stored>> {
+    let (keep, unchanged_since, kind, by_reset) = match how {
+        How::Change {
+            keep,
+            verified_with,
+        } => (keep, Some(verified_with), EventKind::PasswordChanged, false),
+        How::Reset => (None, None, EventKind::ResetCompleted, true),
     };
+    let Some(password_set_at) =
+        users::set_password(&mut *tx, user.id, hash, unchanged_since).await?
+    else {
+        return Ok(None);
+    };
+    reset_tokens::void_for_user(&mut *tx, user.id).await?;
     let signed_out = sessions::delete_for_user(&mut *tx, user.id, keep).await?;
     audit::record(
         &mut *tx,
@@ -144,5 +167,8 @@ pub(crate) async fn store_new_password(
         origin,
     )?;
     outbox::enqueue(&mut *tx, &mail).await?;
-    Ok(signed_out)
+    Ok(Some(Stored {
+        password_set_at,
+        signed_out,
+    }))
 }

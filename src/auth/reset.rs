@@ -175,7 +175,9 @@ pub async fn complete_reset(
     if reset_tokens::consume(&mut tx, &digest).await?.is_none() {
         return Err(ResetError::Token(TokenProblem::Used));
     }
-    store_new_password(state, &mut tx, &user, &hash, How::Reset, origin).await?;
+    store_new_password(state, &mut tx, &user, &hash, How::Reset, origin)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("a reset is never refused for a newer password"))?;
     // Whoever made the account wait (wrong guesses by someone else, say) must not keep
     // its owner out once the owner has set a new password through the mailed link.
     throttle::clear(&mut tx, &user.email_key, false).await?;

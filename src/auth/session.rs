@@ -12,6 +12,10 @@ const USER_ID: &str = "user_id";
 const IP: &str = "ip";
 const USER_AGENT: &str = "user_agent";
 const SIGNED_IN_AT: &str = "signed_in_at";
+/// The account's `password_changed_at` when this session began (or last re-recorded it),
+/// as microseconds since the epoch (Postgres's precision, and what migration 0004 writes
+/// for older sessions): a session is worth only as much as the password it was opened with.
+const PASSWORD_SET_AT: &str = "password_set_at";
 const PENDING_USER_ID: &str = "pending_user_id";
 const PENDING_UNTIL: &str = "pending_until";
 const PENDING_NEXT: &str = "pending_next";
@@ -26,6 +30,28 @@ pub struct PendingSecondStep {
     pub user_id: Uuid,
     pub next: Option<String>,
     pub password_set_at: time::OffsetDateTime,
+}
+
+/// A signed-in session: whose, and the password it began with.
+#[derive(Debug, Clone)]
+pub struct SignedIn {
+    pub user_id: Uuid,
+    /// `None` when nothing was recorded: it proves nothing.
+    password_set_at: Option<i64>,
+}
+
+impl SignedIn {
+    /// Whether this session began with the password set at `password_changed_at` (the
+    /// account's current one).
+    pub fn began_with(&self, password_changed_at: time::OffsetDateTime) -> bool {
+        self.password_set_at == Some(password_stamp(password_changed_at))
+    }
+}
+
+/// How a session records a `password_changed_at`.
+fn password_stamp(at: time::OffsetDateTime) -> i64 {
+    // Microseconds since the epoch fit an i64 for ±292,000 years.
+    i64::try_from(at.unix_timestamp_nanos() / 1_000).unwrap_or(i64::MIN)
 }
 
 #[derive(Clone)]
@@ -50,9 +76,39 @@ impl AuthSession {
         self.0.get::<Uuid>(USER_ID).await.map_err(err)
     }
 
+    /// Who is signed in here, and with which password; the caller compares it with the
+    /// account's current one.
+    pub async fn signed_in(&self) -> anyhow::Result<Option<SignedIn>> {
+        let Some(user_id) = self.user_id().await? else {
+            return Ok(None);
+        };
+        let password_set_at = self.0.get::<i64>(PASSWORD_SET_AT).await.map_err(err)?;
+        Ok(Some(SignedIn {
+            user_id,
+            password_set_at,
+        }))
+    }
+
+    /// The id this session's cookie will carry after this request, loading the session
+    /// first: `None` when the cookie named no live session (the answer removes it).
+    pub async fn cookie_id(&self) -> Option<Id> {
+        // When the store cannot be reached the session stays unloaded and the answer
+        // leaves the cookie alone, so it is the cookie's id; whatever needs the session
+        // meets the outage itself.
+        let _ = self.0.get_value(USER_ID).await;
+        self.0.id()
+    }
+
     /// Opens a signed-in session under a fresh id, so an id planted before sign-in
-    /// (session fixation) is worth nothing.
-    pub async fn sign_in(&self, user_id: Uuid, origin: &Origin) -> anyhow::Result<()> {
+    /// (session fixation) is worth nothing. `password_set_at` is the account's
+    /// `password_changed_at` from the row whose hash the password was verified against:
+    /// a reset or change committed meanwhile makes this session worthless on arrival.
+    pub async fn sign_in(
+        &self,
+        user_id: Uuid,
+        password_set_at: time::OffsetDateTime,
+        origin: &Origin,
+    ) -> anyhow::Result<()> {
         self.0.cycle_id().await.map_err(err)?;
         for key in [
             PENDING_USER_ID,
@@ -63,6 +119,10 @@ impl AuthSession {
             self.0.remove_value(key).await.map_err(err)?;
         }
         self.0.insert(USER_ID, user_id).await.map_err(err)?;
+        self.0
+            .insert(PASSWORD_SET_AT, password_stamp(password_set_at))
+            .await
+            .map_err(err)?;
         self.0.insert(IP, &origin.ip).await.map_err(err)?;
         self.0
             .insert(USER_AGENT, &origin.user_agent)
@@ -130,9 +190,18 @@ impl AuthSession {
         self.0.flush().await.map_err(err)
     }
 
-    /// A new id for the same signed-in session (after a password change).
-    pub async fn rotate(&self) -> anyhow::Result<()> {
-        self.0.cycle_id().await.map_err(err)
+    /// After this session set a new password itself (change, or turning two-factor off
+    /// with a new one): a new id, and the new password recorded, so this session goes on
+    /// while every one begun with the old password is refused.
+    pub async fn rotate_for_password(
+        &self,
+        password_set_at: time::OffsetDateTime,
+    ) -> anyhow::Result<()> {
+        self.0.cycle_id().await.map_err(err)?;
+        self.0
+            .insert(PASSWORD_SET_AT, password_stamp(password_set_at))
+            .await
+            .map_err(err)
     }
 
     pub fn id(&self) -> Option<Id> {

@@ -13,7 +13,7 @@ use totp_rs::{Algorithm, TOTP};
 use uuid::Uuid;
 
 use super::change::{How, store_new_password};
-use super::session::PendingSecondStep;
+use super::session::{AuthSession, PendingSecondStep};
 use super::{Failure, Origin, confirm_password, throttle};
 use crate::app::AppState;
 use crate::domain::password::{PolicyContext, PolicyViolation, normalize};
@@ -21,7 +21,6 @@ use crate::mail::{messages, outbox};
 use crate::store::audit::{self, EventKind};
 use crate::store::two_factor as store;
 use crate::store::users::{self, User};
-use tower_sessions::session::Id;
 
 const SECRET_BYTES: usize = 20;
 const STEP_SECS: u64 = 30;
@@ -203,10 +202,13 @@ pub async fn pending_secret(state: &AppState, user: &User) -> anyhow::Result<Tot
         }
     }
     let secret = TotpSecret::generate();
+    // Not stored when the password changed since `user` was read: then the page goes to
+    // a session that is already over, and nobody can confirm the key it shows.
     store::set_pending(
         &state.pool,
         user.id,
         &seal(&state.keys.totp, user.id, &secret)?,
+        user.password_changed_at,
     )
     .await?;
     Ok(secret)
@@ -377,11 +379,12 @@ pub async fn regenerate_recovery_codes(
 
 /// Turns two-factor off. When the current password is shorter than the single-factor
 /// minimum, a new password must come with the request and is set in the same transaction,
-/// as a password change: every session but `current_session` is signed out.
+/// as a password change: every session but `session` is signed out, and `session` goes on
+/// under a new id, bound to the new password.
 pub async fn disable(
     state: &AppState,
     user: &User,
-    current_session: Option<&Id>,
+    session: &AuthSession,
     password: &str,
     code: &str,
     new_password: Option<(&str, &str)>,
@@ -417,17 +420,30 @@ pub async fn disable(
         ),
         None => None,
     };
+    let current_id = session.id();
     let mut tx = state.pool.begin().await?;
     store::disable(&mut tx, user.id).await?;
-    if let Some(hash) = hash {
-        let how = How::Change {
-            keep: current_session,
-        };
-        store_new_password(state, &mut tx, user, &hash, how, origin).await?;
-    }
+    let stored = match hash {
+        Some(hash) => {
+            let how = How::Change {
+                keep: current_id.as_ref(),
+                verified_with: user.password_changed_at,
+            };
+            match store_new_password(state, &mut tx, user, &hash, how, origin).await? {
+                Some(stored) => Some(stored),
+                // Reset or changed elsewhere since the password was checked: this
+                // session is over (the next page sends it to sign in); nothing changes.
+                None => return Err(TwoFactorError::WrongState),
+            }
+        }
+        None => None,
+    };
     notify(state, &mut tx, user, EventKind::TwoFactorDisabled, origin).await?;
     tx.commit().await?;
     state.outbox.notify();
+    if let Some(stored) = stored {
+        session.rotate_for_password(stored.password_set_at).await?;
+    }
     Ok(())
 }
 

@@ -152,10 +152,16 @@ pub struct SessionInfo {
     pub last_seen_at: OffsetDateTime,
 }
 
+/// The account's live sessions: not expired, and begun with its current password (a
+/// sign-in that raced a reset leaves a row no request accepts; it is not listed).
 pub async fn list_for_user(pool: &PgPool, user_id: Uuid) -> anyhow::Result<Vec<SessionInfo>> {
     Ok(sqlx::query_as(
-        "select public_id, id_hash, ip, user_agent, created_at, last_seen_at from sessions
-         where user_id = $1 and expires_at > now() order by last_seen_at desc",
+        "select s.public_id, s.id_hash, s.ip, s.user_agent, s.created_at, s.last_seen_at
+         from sessions s join users u on u.id = s.user_id
+         where s.user_id = $1 and s.expires_at > now()
+           and s.data ->> 'password_set_at'
+               = ((extract(epoch from u.password_changed_at) * 1000000)::bigint)::text
+         order by s.last_seen_at desc",
     )
     .bind(user_id)
     .fetch_all(pool)

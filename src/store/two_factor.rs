@@ -18,12 +18,22 @@ pub async fn load(pool: &PgPool, user_id: Uuid) -> anyhow::Result<TwoFactorRow> 
     )
 }
 
-pub async fn set_pending(pool: &PgPool, user_id: Uuid, secret_enc: &[u8]) -> anyhow::Result<()> {
-    sqlx::query("update users set totp_pending_enc = $2 where id = $1")
-        .bind(user_id)
-        .bind(secret_enc)
-        .execute(pool)
-        .await?;
+/// Stores a setup key, only while the password is still the one set at `password_set_at`
+/// (a reset or change voids setup keys, including one being made as it commits).
+pub async fn set_pending(
+    pool: &PgPool,
+    user_id: Uuid,
+    secret_enc: &[u8],
+    password_set_at: time::OffsetDateTime,
+) -> anyhow::Result<()> {
+    sqlx::query(
+        "update users set totp_pending_enc = $2 where id = $1 and password_changed_at = $3",
+    )
+    .bind(user_id)
+    .bind(secret_enc)
+    .bind(password_set_at)
+    .execute(pool)
+    .await?;
     Ok(())
 }
 

@@ -80,21 +80,29 @@ pub async fn insert(
     }
 }
 
-/// A new password, as part of a reset or change transaction.
+/// A new password, as part of a reset or change transaction. A two-factor setup key that
+/// was never confirmed goes with the old password: whoever saw it then must not be able to
+/// finish the setup. With `unchanged_since`, only if the password is still the one set
+/// then (the one the caller verified); `None` when it is not. Returns the new
+/// `password_changed_at`, which sessions are bound to.
 pub async fn set_password(
     conn: &mut PgConnection,
     id: Uuid,
     password_hash: &str,
-) -> anyhow::Result<()> {
-    sqlx::query(
-        "update users set password_hash = $2, password_changed_at = now(), updated_at = now()
-         where id = $1",
+    unchanged_since: Option<OffsetDateTime>,
+) -> anyhow::Result<Option<OffsetDateTime>> {
+    let changed_at: Option<(OffsetDateTime,)> = sqlx::query_as(
+        "update users set password_hash = $2, password_changed_at = now(),
+             totp_pending_enc = null, updated_at = now()
+         where id = $1 and ($3::timestamptz is null or password_changed_at = $3)
+         returning password_changed_at",
     )
     .bind(id)
     .bind(password_hash)
-    .execute(conn)
+    .bind(unchanged_since)
+    .fetch_optional(conn)
     .await?;
-    Ok(())
+    Ok(changed_at.map(|(at,)| at))
 }
 
 /// Replaces a hash made with older parameters, unless the password changed meanwhile.

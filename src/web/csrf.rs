@@ -1,9 +1,11 @@
 //! CSRF defence for every POST: a signed double-submit token (no session row needed for
-//! anonymous pages), plus refusal of requests that say they come from another site.
+//! anonymous pages), bound to the session when there is one, plus refusal of requests that
+//! say they come from another site.
 
 use axum::body::{Body, to_bytes};
-use axum::extract::{Request, State};
-use axum::http::{Method, StatusCode, header};
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum_extra::extract::cookie::{Cookie, CookieJar, SameSite};
@@ -13,55 +15,91 @@ use hmac::{Hmac, Mac};
 use rand::RngCore;
 use rand::rngs::OsRng;
 use sha2::Sha256;
+use tower_sessions::session::Id;
 
 use crate::app::AppState;
+use crate::auth::session::AuthSession;
 use crate::error::AppError;
+use crate::store::sessions;
 
 /// Largest request body read; larger ones answer 413.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
 
-/// The token to put in this page's forms (`csrf_token`).
+/// The token to put in this page's forms (`csrf_token`): for this browser's CSRF cookie
+/// and the session this request leaves it with. Extract it after anything that may end
+/// the session (an `Option<CurrentUser>` flushes a dead one), so the page's forms carry a
+/// token for the cookies the browser will send with them.
 #[derive(Debug, Clone)]
 pub struct CsrfToken(pub String);
 
-fn sign(key: &[u8; 32], nonce: &[u8]) -> Hmac<Sha256> {
+/// What [`protect`] hands the pages: the key and this browser's CSRF nonce.
+#[derive(Clone)]
+struct CsrfNonce {
+    key: [u8; 32],
+    nonce: Vec<u8>,
+}
+
+/// HMAC over the nonce (always 32 bytes) and, when the browser holds a session cookie,
+/// the digest the session store keys that session by: a token leaked from one session, or
+/// loaded before signing in, is worth nothing with another session.
+fn sign(key: &[u8; 32], nonce: &[u8], session: Option<&Id>) -> Hmac<Sha256> {
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key)
         .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
     mac.update(nonce);
+    if let Some(id) = session {
+        mac.update(&sessions::id_hash(id));
+    }
     mac
 }
 
-fn token_for(key: &[u8; 32], nonce: &[u8]) -> String {
-    URL_SAFE_NO_PAD.encode(sign(key, nonce).finalize().into_bytes())
+fn token_for(key: &[u8; 32], nonce: &[u8], session: Option<&Id>) -> String {
+    URL_SAFE_NO_PAD.encode(sign(key, nonce, session).finalize().into_bytes())
 }
 
-fn token_matches(key: &[u8; 32], nonce: &[u8], token: &str) -> bool {
+fn token_matches(key: &[u8; 32], nonce: &[u8], session: Option<&Id>, token: &str) -> bool {
     match URL_SAFE_NO_PAD.decode(token.as_bytes()) {
-        Ok(bytes) => sign(key, nonce).verify_slice(&bytes).is_ok(),
+        Ok(bytes) => sign(key, nonce, session).verify_slice(&bytes).is_ok(),
         Err(_) => false,
     }
 }
 
-/// The origin a browser would send for this service, e.g. `https://id.example.com`.
-fn origin_allowed(state: &AppState, origin: &str, host: Option<&str>) -> bool {
+/// The session id the request's session cookie names, read from the headers because this
+/// check runs outside the session layer. A cookie that is not a session id names none
+/// (the session layer ignores it too).
+fn session_in(state: &AppState, headers: &HeaderMap) -> Option<Id> {
+    CookieJar::from_headers(headers)
+        .get(state.cookie_names.session)
+        .and_then(|c| c.value().parse::<Id>().ok())
+}
+
+impl FromRequestParts<AppState> for CsrfToken {
+    type Rejection = AppError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let Some(CsrfNonce { key, nonce }) = parts.extensions.get::<CsrfNonce>().cloned() else {
+            return Err(anyhow::anyhow!("csrf layer missing").into());
+        };
+        let session =
+            <AuthSession as FromRequestParts<AppState>>::from_request_parts(parts, state).await?;
+        // A cookie naming a session that no longer exists is removed by this answer, so
+        // the next POST comes without it: the token must not be bound to it.
+        let id = session.cookie_id().await;
+        Ok(CsrfToken(token_for(&key, &nonce, id.as_ref())))
+    }
+}
+
+/// The origin a browser sends for a page of this service is `public_url`'s scheme, host
+/// and port; the request's own `Host` header proves nothing (anyone can set it).
+fn origin_allowed(state: &AppState, origin: &str) -> bool {
     // `Origin: null` (sent with Referrer-Policy: no-referrer) names no site: the token
     // and Sec-Fetch-Site decide.
     if origin == "null" {
         return true;
     }
-    let public = state.config.public_url.origin().ascii_serialization();
-    if origin == public {
-        return true;
-    }
-    let Ok(url) = url::Url::parse(origin) else {
-        return false;
-    };
-    let origin_host = match (url.host_str(), url.port()) {
-        (Some(h), Some(p)) => format!("{h}:{p}"),
-        (Some(h), None) => h.to_owned(),
-        _ => return false,
-    };
-    host.is_some_and(|h| h.eq_ignore_ascii_case(&origin_host))
+    url::Url::parse(origin).is_ok_and(|url| url.origin() == state.config.public_url.origin())
 }
 
 pub async fn protect(State(state): State<AppState>, req: Request, next: Next) -> Response {
@@ -91,8 +129,10 @@ pub async fn protect(State(state): State<AppState>, req: Request, next: Next) ->
     };
 
     let mut req = req;
-    req.extensions_mut()
-        .insert(CsrfToken(token_for(&key, &nonce)));
+    req.extensions_mut().insert(CsrfNonce {
+        key,
+        nonce: nonce.clone(),
+    });
     let mut response = next.run(req).await;
     if fresh {
         let cookie = Cookie::build((cookie_name, URL_SAFE_NO_PAD.encode(&nonce)))
@@ -118,10 +158,7 @@ async fn check_post(
 ) -> Result<Request, Response> {
     let headers = req.headers();
     if let Some(origin) = headers.get(header::ORIGIN) {
-        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-        let allowed = origin
-            .to_str()
-            .is_ok_and(|o| origin_allowed(state, o, host));
+        let allowed = origin.to_str().is_ok_and(|o| origin_allowed(state, o));
         if !allowed {
             return Err(AppError::Forbidden("cross-origin request").into_response());
         }
@@ -132,6 +169,7 @@ async fn check_post(
     {
         return Err(AppError::Forbidden("cross-site request").into_response());
     }
+    let session = session_in(state, headers);
     let (parts, body) = req.into_parts();
     let bytes = match to_bytes(body, MAX_BODY_BYTES).await {
         Ok(bytes) => bytes,
@@ -145,7 +183,7 @@ async fn check_post(
     let token = url::form_urlencoded::parse(&bytes)
         .find(|(name, _)| name == "csrf_token")
         .map(|(_, value)| value.into_owned());
-    if !token.is_some_and(|t| token_matches(key, nonce, &t)) {
+    if !token.is_some_and(|t| token_matches(key, nonce, session.as_ref(), &t)) {
         return Err(AppError::Forbidden("missing or wrong CSRF token").into_response());
     }
     Ok(Request::from_parts(parts, Body::from(bytes)))
@@ -158,11 +196,23 @@ mod tests {
     #[test]
     fn a_token_verifies_only_for_its_nonce_and_key() {
         let key = [7u8; 32];
-        let token = token_for(&key, b"nonce-a");
-        assert!(token_matches(&key, b"nonce-a", &token));
-        assert!(!token_matches(&key, b"nonce-b", &token));
-        assert!(!token_matches(&[8u8; 32], b"nonce-a", &token));
-        assert!(!token_matches(&key, b"nonce-a", "not base64 !"));
-        assert!(!token_matches(&key, b"nonce-a", ""));
+        let token = token_for(&key, b"nonce-a", None);
+        assert!(token_matches(&key, b"nonce-a", None, &token));
+        assert!(!token_matches(&key, b"nonce-b", None, &token));
+        assert!(!token_matches(&[8u8; 32], b"nonce-a", None, &token));
+        assert!(!token_matches(&key, b"nonce-a", None, "not base64 !"));
+        assert!(!token_matches(&key, b"nonce-a", None, ""));
+    }
+
+    #[test]
+    fn a_token_verifies_only_with_the_session_it_was_made_for() {
+        let key = [7u8; 32];
+        let (one, two) = (Id(1), Id(2));
+        let token = token_for(&key, b"nonce-a", Some(&one));
+        assert!(token_matches(&key, b"nonce-a", Some(&one), &token));
+        assert!(!token_matches(&key, b"nonce-a", Some(&two), &token));
+        assert!(!token_matches(&key, b"nonce-a", None, &token));
+        let anonymous = token_for(&key, b"nonce-a", None);
+        assert!(!token_matches(&key, b"nonce-a", Some(&one), &anonymous));
     }
 }

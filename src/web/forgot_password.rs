@@ -4,11 +4,11 @@
 use std::time::Duration;
 
 use askama::Template;
+use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::get;
-use axum::{Extension, Router};
 use serde::Deserialize;
 
 use super::csrf::CsrfToken;
@@ -42,7 +42,7 @@ struct CheckEmailPage {
     reset_minutes: u64,
 }
 
-async fn show(State(state): State<AppState>, Extension(csrf): Extension<CsrfToken>) -> Response {
+async fn show(State(state): State<AppState>, csrf: CsrfToken) -> Response {
     let page = ForgotPage {
         layout: Layout::new("Reset your password", &csrf.0),
         email: String::new(),
@@ -59,7 +59,7 @@ struct ForgotForm {
 
 async fn submit(
     State(state): State<AppState>,
-    Extension(csrf): Extension<CsrfToken>,
+    csrf: CsrfToken,
     ClientOrigin(origin): ClientOrigin,
     WebForm(form): WebForm<ForgotForm>,
 ) -> Result<Response, AppError> {

@@ -1,10 +1,10 @@
 //! `/`: the signed-in home page, with the Settings menu.
 
 use askama::Template;
+use axum::Router;
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::get;
-use axum::{Extension, Router};
 
 use super::CurrentUser;
 use super::csrf::CsrfToken;
@@ -22,7 +22,7 @@ struct HomePage {
     email: String,
 }
 
-async fn show(Extension(csrf): Extension<CsrfToken>, current: CurrentUser) -> Response {
+async fn show(csrf: CsrfToken, current: CurrentUser) -> Response {
     let page = HomePage {
         layout: Layout::new("Your account", &csrf.0).signed_in(&current.user.email),
         email: current.user.email,

@@ -43,15 +43,22 @@ impl FromRequestParts<AppState> for ClientOrigin {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let forwarded = state
-            .config
-            .trust_forwarded_for
-            .then(|| parts.headers.get("x-forwarded-for"))
-            .flatten()
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit(',').next())
-            .map(|ip| ip.trim().to_owned())
-            .filter(|ip| ip.parse::<std::net::IpAddr>().is_ok());
+        // The trusted proxy appends the address it saw to the last line; a client may
+        // send lines of its own before it, so only the very last hop across all lines
+        // counts (the header may arrive as several lines, equivalent to one joined by commas).
+        let forwarded = if state.config.trust_forwarded_for {
+            parts
+                .headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .next_back()
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.rsplit(',').next())
+                .map(|ip| ip.trim().to_owned())
+                .filter(|ip| ip.parse::<std::net::IpAddr>().is_ok())
+        } else {
+            None
+        };
         let ip = forwarded.or_else(|| {
             parts
                 .extensions
@@ -143,13 +150,20 @@ impl OptionalFromRequestParts<AppState> for CurrentUser {
     ) -> Result<Option<Self>, Self::Rejection> {
         let session =
             <AuthSession as FromRequestParts<AppState>>::from_request_parts(parts, state).await?;
-        let Some(user_id) = session.user_id().await? else {
+        let Some(signed_in) = session.signed_in().await? else {
             return Ok(None);
         };
-        let Some(user) = users::find_by_id(&state.pool, user_id).await? else {
+        let Some(user) = users::find_by_id(&state.pool, signed_in.user_id).await? else {
             session.sign_out().await?;
             return Ok(None);
         };
+        // Bound to the password it began with: after a reset or a change (even one that
+        // committed while this session's sign-in was still verifying the old password),
+        // the session is over, on every instance.
+        if !signed_in.began_with(user.password_changed_at) {
+            session.sign_out().await?;
+            return Ok(None);
+        }
         if let Some(id) = session.id() {
             let s = &state.config.session;
             sessions::touch(

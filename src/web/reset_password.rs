@@ -2,11 +2,11 @@
 //! never uses it up; only the submitted form does.
 
 use askama::Template;
+use axum::Router;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
-use axum::{Extension, Router};
 use serde::Deserialize;
 
 use super::csrf::CsrfToken;
@@ -91,7 +91,7 @@ struct LinkQuery {
 
 async fn show(
     State(state): State<AppState>,
-    Extension(csrf): Extension<CsrfToken>,
+    csrf: CsrfToken,
     Query(query): Query<LinkQuery>,
 ) -> Result<Response, AppError> {
     match check_link(&state, &query.token).await {
@@ -130,7 +130,7 @@ pub fn policy_errors(violation: &PolicyViolation) -> Errors {
 
 async fn submit(
     State(state): State<AppState>,
-    Extension(csrf): Extension<CsrfToken>,
+    csrf: CsrfToken,
     ClientOrigin(origin): ClientOrigin,
     WebForm(form): WebForm<ResetForm>,
 ) -> Result<Response, AppError> {

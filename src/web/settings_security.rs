@@ -1,11 +1,11 @@
 //! Settings → Security: change password, active sessions, recent activity.
 
 use askama::Template;
+use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use axum::{Extension, Router};
 use serde::Deserialize;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -175,7 +175,7 @@ fn notice_text(query: &NoticeQuery) -> Option<String> {
 
 async fn show(
     State(state): State<AppState>,
-    Extension(csrf): Extension<CsrfToken>,
+    csrf: CsrfToken,
     current: CurrentUser,
     Query(query): Query<NoticeQuery>,
 ) -> Result<Response, AppError> {
@@ -202,7 +202,7 @@ struct ChangeForm {
 
 async fn change(
     State(state): State<AppState>,
-    Extension(csrf): Extension<CsrfToken>,
+    csrf: CsrfToken,
     ClientOrigin(origin): ClientOrigin,
     current: CurrentUser,
     WebForm(form): WebForm<ChangeForm>,
@@ -232,6 +232,7 @@ async fn change(
             "Your new password must be different from your current password",
         ),
         Err(ChangeError::Policy(violation)) => policy_errors(&violation),
+        Err(ChangeError::SessionEnded) => return Ok(Redirect::to("/sign-in").into_response()),
         Err(ChangeError::Failure(Failure::Throttled { retry_after })) => Errors::one(
             "current_password",
             format!(

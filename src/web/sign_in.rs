@@ -1,11 +1,11 @@
 //! `/sign-in`, `/sign-out`: password sign-in with a generic failure message.
 
 use askama::Template;
+use axum::Router;
 use axum::extract::{Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use axum::{Extension, Router};
 use serde::Deserialize;
 
 use super::csrf::CsrfToken;
@@ -72,8 +72,10 @@ fn notice_text(key: Option<&str>) -> Option<String> {
 
 async fn show(
     State(state): State<AppState>,
-    Extension(csrf): Extension<CsrfToken>,
+    // Before the token: a session that is no longer good (its password changed) ends
+    // here, and the form's token must be the one for no session.
     user: Option<CurrentUser>,
+    csrf: CsrfToken,
     Query(query): Query<SignInQuery>,
 ) -> Response {
     let next = query.next.as_deref().and_then(SafeNext::parse);
@@ -99,7 +101,7 @@ struct SignInForm {
 
 async fn submit(
     State(state): State<AppState>,
-    Extension(csrf): Extension<CsrfToken>,
+    csrf: CsrfToken,
     ClientOrigin(origin): ClientOrigin,
     session: AuthSession,
     WebForm(form): WebForm<SignInForm>,
@@ -124,7 +126,11 @@ async fn submit(
             Ok(Redirect::to("/sign-in/two-factor").into_response())
         }
         Ok(user) => {
-            session.sign_in(user.id, &origin).await?;
+            // The value from the row whose hash was just verified, not a fresh read: a
+            // reset that committed meanwhile must leave this session worthless.
+            session
+                .sign_in(user.id, user.password_changed_at, &origin)
+                .await?;
             Ok(Redirect::to(next.as_ref().map_or("/", |n| n.as_str())).into_response())
         }
         Err(SignInError::InvalidCredentials) => Ok(again(
@@ -191,10 +197,7 @@ fn second_step_page(csrf: &str, errors: Errors, status: StatusCode) -> Response 
     )
 }
 
-async fn show_second_step(
-    Extension(csrf): Extension<CsrfToken>,
-    session: AuthSession,
-) -> Result<Response, AppError> {
+async fn show_second_step(csrf: CsrfToken, session: AuthSession) -> Result<Response, AppError> {
     if session.pending_second_step().await?.is_none() {
         return Ok(Redirect::to("/sign-in").into_response());
     }
@@ -209,7 +212,7 @@ struct SecondStepForm {
 
 async fn submit_second_step(
     State(state): State<AppState>,
-    Extension(csrf): Extension<CsrfToken>,
+    csrf: CsrfToken,
     ClientOrigin(origin): ClientOrigin,
     session: AuthSession,
     WebForm(form): WebForm<SecondStepForm>,
@@ -220,7 +223,11 @@ async fn submit_second_step(
     };
     match two_factor::complete_sign_in(&state, &pending, &form.totp_code, &origin).await {
         Ok(user) => {
-            session.sign_in(user.id, &origin).await?;
+            // The password the first step verified (complete_sign_in checked it is still
+            // the account's).
+            session
+                .sign_in(user.id, pending.password_set_at, &origin)
+                .await?;
             let next = pending.next.as_deref().and_then(SafeNext::parse);
             Ok(Redirect::to(next.as_ref().map_or("/", |n| n.as_str())).into_response())
         }

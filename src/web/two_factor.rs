@@ -2,11 +2,11 @@
 //! make new recovery codes.
 
 use askama::Template;
+use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use axum::{Extension, Router};
 use qrcode::QrCode;
 use qrcode::render::svg;
 use serde::Deserialize;
@@ -112,7 +112,7 @@ async fn render_page(
 
 async fn show(
     State(state): State<AppState>,
-    Extension(csrf): Extension<CsrfToken>,
+    csrf: CsrfToken,
     current: CurrentUser,
 ) -> Result<Response, AppError> {
     render_page(
@@ -214,7 +214,7 @@ fn codes_page(
 
 async fn enable(
     State(state): State<AppState>,
-    Extension(csrf): Extension<CsrfToken>,
+    csrf: CsrfToken,
     ClientOrigin(origin): ClientOrigin,
     current: CurrentUser,
     WebForm(form): WebForm<CodeForm>,
@@ -247,7 +247,7 @@ async fn enable(
 
 async fn regenerate(
     State(state): State<AppState>,
-    Extension(csrf): Extension<CsrfToken>,
+    csrf: CsrfToken,
     ClientOrigin(origin): ClientOrigin,
     current: CurrentUser,
     WebForm(form): WebForm<CodeForm>,
@@ -280,7 +280,7 @@ async fn regenerate(
 
 async fn disable(
     State(state): State<AppState>,
-    Extension(csrf): Extension<CsrfToken>,
+    csrf: CsrfToken,
     ClientOrigin(origin): ClientOrigin,
     current: CurrentUser,
     WebForm(form): WebForm<CodeForm>,
@@ -294,7 +294,7 @@ async fn disable(
     match two_factor::disable(
         &state,
         &current.user,
-        current.session.id().as_ref(),
+        &current.session,
         &form.current_password,
         &form.totp_code,
         new_password,

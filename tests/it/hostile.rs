@@ -884,8 +884,6 @@ fn attack(threads: &'static str, who: Who, tweak: fn(&mut latchkey::config::Conf
         };
         app.create_user("bob@example.com", NEW_PASSWORD).await;
         let browser = app.browser();
-        // The token is bound to the CSRF cookie, not to the session: it outlives sign-in.
-        let csrf_token = browser.csrf_token("/sign-in").await;
         match who {
             Who::Stranger => {}
             Who::SignedIn => assert_eq!(location(&browser.sign_in(EMAIL, PASSWORD).await), "/"),
@@ -894,6 +892,11 @@ fn attack(threads: &'static str, who: Who, tweak: fn(&mut latchkey::config::Conf
                 "/sign-in/two-factor"
             ),
         }
+        // The token is bound to the CSRF cookie and to the session: read it as the
+        // session's own page shows it.
+        let csrf_token = browser
+            .csrf_token(who.still_reaches().unwrap_or("/sign-in"))
+            .await;
         outbox_drained(&app).await;
         let target = Target {
             base: app.base.clone(),

@@ -16,6 +16,7 @@ mod process;
 mod races;
 mod reset;
 mod server_limits;
+mod session_binding;
 mod settings;
 mod sign_in;
 mod smtp_sink;

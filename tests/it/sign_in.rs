@@ -185,6 +185,8 @@ async fn origin_null_from_a_no_referrer_page_is_not_refused_by_itself() {
     assert_status(&response, StatusCode::SEE_OTHER);
     assert_eq!(location(&response), "/");
 
+    // Signed in now: the token is the one the session's own page carries.
+    let token = browser.csrf_token("/").await;
     let same_origin = browser
         .client
         .post(browser.url("/sign-out"))

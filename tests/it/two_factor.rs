@@ -8,7 +8,7 @@ use reqwest::StatusCode;
 use crate::helpers::*;
 
 /// The base32 key shown on the setup page, as a person would copy it.
-fn secret_on(page: &str) -> Vec<u8> {
+pub(crate) fn secret_on(page: &str) -> Vec<u8> {
     let start =
         page.find("id=\"totp-secret\">").expect("secret shown") + "id=\"totp-secret\">".len();
     let end = start + page[start..].find("</code>").expect("end of secret");
