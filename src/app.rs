@@ -10,7 +10,6 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
-use secrecy::ExposeSecret;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -88,9 +87,9 @@ impl AppState {
             config: Arc::new(config),
             pool,
             hasher,
+            outbox: Outbox::new(keys.outbox),
             keys: Arc::new(keys),
             policy: Arc::new(policy),
-            outbox: Outbox::new(),
             tasks: TaskTracker::new(),
             metrics: telemetry::metrics_handle(),
         })
@@ -193,10 +192,8 @@ pub struct Server {
 impl Server {
     /// Connects, migrates, starts the mail worker and housekeeping, and serves on `listener`.
     pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Server> {
-        let transport = Transport::from_config(
-            config.smtp_url.as_ref().map(|u| u.expose_secret()),
-            &config.mail_dir,
-        )?;
+        let transport = Transport::from_config(&config)?;
+        tokio::spawn(crate::mail::transport::startup_check(transport.clone()));
         let from = mail_from(Some(&config.mail_from))?;
         let state = AppState::new(config).await?;
         let addr = listener.local_addr().context("reading the bound address")?;
