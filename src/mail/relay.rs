@@ -555,7 +555,7 @@ fn certificate_problem(err: &lettre::transport::smtp::Error) -> Option<String> {
         return None;
     };
     Some(match problem {
-        C::UnknownIssuer => "issued by a CA that is not trusted".to_owned(),
+        C::UnknownIssuer => "unknown issuer: that CA is not trusted here".to_owned(),
         C::NotValidForName | C::NotValidForNameContext { .. } => {
             "not valid for the relay's host name".to_owned()
         }

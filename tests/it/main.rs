@@ -15,6 +15,7 @@ mod reset;
 mod settings;
 mod sign_in;
 mod smtp_sink;
+mod smtp_tls;
 mod soak;
 mod strength;
 mod tcp_proxy;
