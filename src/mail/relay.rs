@@ -43,17 +43,6 @@ pub enum Security {
     Implicit,
 }
 
-impl Security {
-    fn label(self) -> &'static str {
-        match self {
-            Security::Plain => "plaintext",
-            Security::Opportunistic => "STARTTLS if offered",
-            Security::StartTls => "STARTTLS",
-            Security::Implicit => "implicit TLS",
-        }
-    }
-}
-
 /// What an operator can get wrong in the relay settings. Never quotes the URL or a password.
 #[derive(Debug, thiserror::Error)]
 pub enum RelaySettingsError {
@@ -306,10 +295,10 @@ impl Relay {
     }
 
     fn summary(&self, conn: &AsyncSmtpConnection) -> String {
-        let tls = if conn.is_encrypted() {
-            self.security.label()
-        } else {
-            "no TLS"
+        let tls = match (conn.is_encrypted(), self.security) {
+            (true, Security::Implicit) => "implicit TLS",
+            (true, _) => "STARTTLS",
+            (false, _) => "no TLS",
         };
         let auth = match &self.username {
             Some(user) => format!("AUTH as {user}"),
