@@ -196,10 +196,17 @@ pub async fn startup_check(transport: Transport) {
     };
     match relay.check().await {
         Ok(summary) => tracing::info!("SMTP relay ok: {summary}"),
-        Err(err) => tracing::error!(
-            class = err.class(),
-            "SMTP relay check failed: {err}; mail stays queued and is retried"
-        ),
+        Err(err) => {
+            let then = if err.is_permanent() {
+                "mail will be marked failed until this is fixed"
+            } else {
+                "mail stays queued and is retried"
+            };
+            tracing::error!(
+                class = err.class(),
+                "SMTP relay check failed: {err}; {then}"
+            );
+        }
     }
 }
 
