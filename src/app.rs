@@ -16,7 +16,6 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use metrics_exporter_prometheus::PrometheusHandle;
-use secrecy::ExposeSecret;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
@@ -94,9 +93,9 @@ impl AppState {
             config: Arc::new(config),
             pool,
             hasher,
+            outbox: Outbox::new(keys.outbox),
             keys: Arc::new(keys),
             policy: Arc::new(policy),
-            outbox: Outbox::new(),
             tasks: TaskTracker::new(),
             metrics: telemetry::metrics_handle(),
         })
@@ -213,10 +212,8 @@ impl Server {
         let state = AppState::new(config).await?;
         // After the keys: a generated development key makes `var/` private before the
         // file transport creates `var/mail` inside it.
-        let transport = Transport::from_config(
-            state.config.smtp_url.as_ref().map(|u| u.expose_secret()),
-            &state.config.mail_dir,
-        )?;
+        let transport = Transport::from_config(&state.config)?;
+        tokio::spawn(crate::mail::transport::startup_check(transport.clone()));
         let from = mail_from(Some(&state.config.mail_from))?;
         let addr = listener.local_addr().context("reading the bound address")?;
         let metrics_listener = match state.config.metrics_listen {

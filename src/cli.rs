@@ -1,4 +1,4 @@
-//! The command line: `serve` (default), `migrate`, `user create --email E`.
+//! The command line: `serve` (default), `migrate`, `user create --email E`, `mail test --to A`.
 
 use std::io::BufRead;
 
@@ -12,6 +12,8 @@ use crate::auth::passwords::Hasher;
 use crate::config::Config;
 use crate::domain::EmailAddress;
 use crate::domain::password::{NewPassword, PasswordPolicy, PolicyContext};
+use crate::mail::relay::message_for_test;
+use crate::mail::transport::{Transport, mail_from};
 use crate::store::users::{self, CreateUserError};
 use crate::{db, telemetry};
 
@@ -32,6 +34,21 @@ enum Command {
     User {
         #[command(subcommand)]
         command: UserCommand,
+    },
+    /// Check the mail transport.
+    Mail {
+        #[command(subcommand)]
+        command: MailCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum MailCommand {
+    /// Send one test message through the configured transport; exit 0 when the relay
+    /// accepted it, otherwise non-zero with what failed.
+    Test {
+        #[arg(long)]
+        to: String,
     },
 }
 
@@ -66,6 +83,36 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::User {
             command: UserCommand::Create { email },
         } => create_user(&config, &email).await,
+        Command::Mail {
+            command: MailCommand::Test { to },
+        } => mail_test(&config, &to).await,
+    }
+}
+
+async fn mail_test(config: &Config, to: &str) -> anyhow::Result<()> {
+    let from = mail_from(Some(&config.mail_from))?;
+    let transport = Transport::from_config(config)?;
+    let Some(relay) = transport.relay() else {
+        let mail = crate::mail::OutgoingMail {
+            to: to.to_owned(),
+            subject: "latchkey mail test".to_owned(),
+            text: "This is a test message from `latchkey mail test`.\n".to_owned(),
+            html: None,
+        };
+        transport.send(&from, &mail).await?;
+        println!(
+            "mail test: written under {} (LATCHKEY_SMTP_URL is unset)",
+            config.mail_dir.display()
+        );
+        return Ok(());
+    };
+    let message = message_for_test(&from, to)?;
+    match relay.send_one(&message).await {
+        Ok(summary) => {
+            println!("mail test: the relay accepted the message for {to}: {summary}");
+            Ok(())
+        }
+        Err(err) => bail!("mail test failed ({}): {err}", err.class()),
     }
 }
 

@@ -19,6 +19,11 @@ pub struct Config {
     pub listen: SocketAddr,
     pub public_url: Url,
     pub smtp_url: Option<SecretString>,
+    /// A PEM bundle of CAs trusted for the relay on top of the system trust store.
+    pub smtp_ca_file: Option<PathBuf>,
+    /// SMTP AUTH, instead of credentials in `smtp_url`.
+    pub smtp_username: Option<String>,
+    pub smtp_password: Option<SecretString>,
     pub mail_from: String,
     pub mail_dir: PathBuf,
     pub reset_token_ttl_secs: u64,

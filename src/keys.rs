@@ -22,6 +22,8 @@ pub struct Keys {
     pub csrf: [u8; 32],
     pub totp: [u8; 32],
     pub recovery: [u8; 32],
+    /// Seals queued mail bodies in the outbox until they are delivered.
+    pub outbox: [u8; 32],
 }
 
 impl std::fmt::Debug for Keys {
@@ -50,6 +52,7 @@ impl Keys {
             csrf: subkey(master, b"latchkey csrf v1"),
             totp: subkey(master, b"latchkey totp v1"),
             recovery: subkey(master, b"latchkey recovery codes v1"),
+            outbox: subkey(master, b"latchkey outbox v1"),
         }
     }
 }

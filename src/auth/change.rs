@@ -9,7 +9,7 @@ use super::session::AuthSession;
 use super::{Failure, Origin, confirm_password, throttle};
 use crate::app::AppState;
 use crate::domain::password::{PolicyContext, PolicyViolation, normalize};
-use crate::mail::{messages, outbox};
+use crate::mail::messages;
 use crate::store::audit::{self, EventKind};
 use crate::store::users::{self, User};
 use crate::store::{reset_tokens, sessions};
@@ -166,7 +166,7 @@ pub(crate) async fn store_new_password(
         signed_out,
         origin,
     )?;
-    outbox::enqueue(&mut *tx, &mail).await?;
+    state.outbox.enqueue(&mut *tx, &mail).await?;
     Ok(Some(Stored {
         password_set_at,
         signed_out,

@@ -9,7 +9,7 @@ use crate::app::AppState;
 use crate::domain::EmailAddress;
 use crate::domain::password::{PolicyContext, PolicyViolation};
 use crate::domain::token::ResetToken;
-use crate::mail::{messages, outbox};
+use crate::mail::messages;
 use crate::store::audit::{self, EventKind};
 use crate::store::reset_tokens::{self, TokenState};
 use crate::store::throttle;
@@ -50,7 +50,7 @@ pub async fn request_reset(
     );
     let mail = messages::reset(&user.email, &link, ttl, origin)?;
     reset_tokens::insert(&mut tx, user.id, &token.digest(), ttl, origin.ip.as_deref()).await?;
-    outbox::enqueue(&mut tx, &mail).await?;
+    state.outbox.enqueue(&mut tx, &mail).await?;
     audit::record(
         &mut *tx,
         EventKind::ResetRequested,

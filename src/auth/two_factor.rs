@@ -17,7 +17,7 @@ use super::session::{AuthSession, PendingSecondStep};
 use super::{Failure, Origin, confirm_password, throttle};
 use crate::app::AppState;
 use crate::domain::password::{PolicyContext, PolicyViolation, normalize};
-use crate::mail::{messages, outbox};
+use crate::mail::messages;
 use crate::store::audit::{self, EventKind};
 use crate::store::two_factor as store;
 use crate::store::users::{self, User};
@@ -302,7 +302,7 @@ async fn notify(
     )
     .await?;
     let mail = messages::security_change(&user.email, state.config.public_base(), kind, origin)?;
-    outbox::enqueue(conn, &mail).await?;
+    state.outbox.enqueue(conn, &mail).await?;
     Ok(())
 }
 

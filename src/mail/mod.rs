@@ -2,6 +2,7 @@
 
 pub mod messages;
 pub mod outbox;
+pub mod relay;
 pub mod transport;
 
 pub use transport::OutgoingMail;

@@ -23,13 +23,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use lettre::message::Mailbox;
-use rand::Rng as _;
+use rand::{Rng as _, RngCore as _};
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
-use super::transport::{InvalidMail, OutgoingMail, Transport};
+use super::transport::{DeliveryError, InvalidMail, OutgoingMail, Transport};
 
 /// After this many failed attempts a message is given up (`status = 'failed'`).
 pub const MAX_ATTEMPTS: i32 = 12;
@@ -42,25 +44,91 @@ const MAX_ERROR_BACKOFF_EXPONENT: u32 = 5;
 const LAST_ERROR_MAX_CHARS: usize = 500;
 
 /// Queues `mail` inside the caller's transaction, so it commits (or rolls back) together
-/// with whatever it announces, e.g. the reset token. Call [`Outbox::notify`] after the
+/// with whatever it announces, e.g. the reset token. The body is sealed with `key` (see
+/// [`seal`]): a pending row holds no live link in clear. Call [`Outbox::notify`] after the
 /// commit to have this instance's worker send it without waiting for the next poll.
 #[tracing::instrument(skip_all, fields(outbox_id))]
-pub async fn enqueue(conn: &mut PgConnection, mail: &OutgoingMail) -> anyhow::Result<i64> {
+async fn enqueue_sealed(
+    conn: &mut PgConnection,
+    key: &BodyKey,
+    mail: &OutgoingMail,
+) -> anyhow::Result<i64> {
+    let sealed = seal(key, &mail.to, mail)?;
     let id: i64 = sqlx::query_scalar(
-        "insert into outbox (to_address, subject, text_body, html_body)
-         values ($1, $2, $3, $4)
+        "insert into outbox (to_address, subject, body_enc)
+         values ($1, $2, $3)
          returning id",
     )
     .bind(&mail.to)
     .bind(&mail.subject)
-    .bind(&mail.text)
-    .bind(mail.html.as_deref())
+    .bind(&sealed)
     .fetch_one(conn)
     .await
     .context("inserting mail into the outbox")?;
     tracing::Span::current().record("outbox_id", id);
     Ok(id)
 }
+
+/// The key that seals queued bodies (`Keys::outbox`). Its `Debug` shows nothing.
+#[derive(Clone)]
+pub struct BodyKey([u8; 32]);
+
+impl std::fmt::Debug for BodyKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BodyKey([redacted])")
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Bodies {
+    text: String,
+    html: Option<String>,
+}
+
+const NONCE_LEN: usize = 24;
+
+/// nonce || XChaCha20-Poly1305(text and html as JSON), bound to the recipient, so a sealed
+/// body moved onto another row (another address) does not open.
+fn seal(key: &BodyKey, to: &str, mail: &OutgoingMail) -> anyhow::Result<Vec<u8>> {
+    let plain = serde_json::to_vec(&Bodies {
+        text: mail.text.clone(),
+        html: mail.html.clone(),
+    })
+    .context("encoding a mail body")?;
+    let mut nonce = [0u8; NONCE_LEN];
+    rand::rngs::OsRng.fill_bytes(&mut nonce);
+    let sealed = XChaCha20Poly1305::new((&key.0).into())
+        .encrypt(
+            XNonce::from_slice(&nonce),
+            Payload {
+                msg: &plain,
+                aad: to.as_bytes(),
+            },
+        )
+        .map_err(|_| anyhow::anyhow!("encrypting a mail body"))?;
+    Ok([nonce.as_slice(), &sealed].concat())
+}
+
+fn open(key: &BodyKey, to: &str, sealed: &[u8]) -> Result<Bodies, SealError> {
+    if sealed.len() < NONCE_LEN {
+        return Err(SealError);
+    }
+    let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
+    let plain = XChaCha20Poly1305::new((&key.0).into())
+        .decrypt(
+            XNonce::from_slice(nonce),
+            Payload {
+                msg: ciphertext,
+                aad: to.as_bytes(),
+            },
+        )
+        .map_err(|_| SealError)?;
+    serde_json::from_slice(&plain).map_err(|_| SealError)
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the queued body does not decrypt (was LATCHKEY_SECRET_KEY changed?)")]
+struct SealError;
 
 /// Sends up to `batch` due messages, one transaction each (see the module docs), and
 /// returns how many were sent. Failures are recorded on their rows, not returned:
@@ -69,11 +137,12 @@ pub async fn deliver_due(
     pool: &PgPool,
     transport: &Transport,
     from: &Mailbox,
+    key: &BodyKey,
     batch: i64,
 ) -> anyhow::Result<usize> {
     let mut sent = 0;
     for _ in 0..batch {
-        match deliver_next(pool, transport, from).await? {
+        match deliver_next(pool, transport, from, key).await? {
             None => break,
             Some(was_sent) => sent += usize::from(was_sent),
         }
@@ -88,6 +157,7 @@ struct DueMail {
     subject: String,
     text_body: Option<String>,
     html_body: Option<String>,
+    body_enc: Option<Vec<u8>>,
     attempts: i32,
 }
 
@@ -97,13 +167,14 @@ async fn deliver_next(
     pool: &PgPool,
     transport: &Transport,
     from: &Mailbox,
+    key: &BodyKey,
 ) -> anyhow::Result<Option<bool>> {
     let mut tx = pool
         .begin()
         .await
         .context("starting an outbox transaction")?;
     let due: Option<DueMail> = sqlx::query_as(
-        "select id, to_address, subject, text_body, html_body, attempts
+        "select id, to_address, subject, text_body, html_body, body_enc, attempts
          from outbox
          where status = 'pending' and next_attempt_at <= now()
          order by id
@@ -122,19 +193,30 @@ async fn deliver_next(
     // The row lock is held across the send: that is what keeps other workers off it.
     // Timestamps below use clock_timestamp(): now() is when this transaction began, before
     // a send that may have taken up to the transport's timeout.
-    let outcome = match due.text_body {
-        Some(text) => {
+    // Rows queued before migration 0005 hold their bodies in clear; they still go out.
+    let bodies = match (&due.body_enc, due.text_body) {
+        (Some(sealed), _) => open(key, &due.to_address, sealed)
+            .map_err(|err| Failure::Permanent("undecryptable", anyhow::Error::new(err))),
+        (None, Some(text)) => Ok(Bodies {
+            text,
+            html: due.html_body,
+        }),
+        (None, None) => Err(Failure::Permanent(
+            "invalid_message",
+            anyhow::anyhow!("pending mail has no body"),
+        )),
+    };
+    let outcome = match bodies {
+        Ok(bodies) => {
             let mail = OutgoingMail {
                 to: due.to_address,
                 subject: due.subject,
-                text,
-                html: due.html_body,
+                text: bodies.text,
+                html: bodies.html,
             };
             transport.send(from, &mail).await.map_err(Failure::classify)
         }
-        None => Err(Failure::Permanent(anyhow::anyhow!(
-            "pending mail has no text body"
-        ))),
+        Err(failure) => Err(failure),
     };
 
     let sent = outcome.is_ok();
@@ -142,7 +224,8 @@ async fn deliver_next(
         Ok(()) => {
             sqlx::query(
                 "update outbox
-                 set status = 'sent', sent_at = clock_timestamp(), text_body = null, html_body = null
+                 set status = 'sent', sent_at = clock_timestamp(),
+                     text_body = null, html_body = null, body_enc = null
                  where id = $1",
             )
             .bind(id)
@@ -150,19 +233,22 @@ async fn deliver_next(
             .await
             .context("marking mail sent")?;
         }
-        Err(Failure::Transient(err)) if failed_attempts < MAX_ATTEMPTS => {
+        Err(Failure::Transient(class, err)) if failed_attempts < MAX_ATTEMPTS => {
             let error = describe(&err);
+            metrics::counter!("latchkey_mail_delivery_failures_total", "class" => class, "outcome" => "retry").increment(1);
             let delay = retry_delay(failed_attempts);
             tracing::warn!(
                 outbox_id = id,
                 attempts = failed_attempts,
                 retry_in = ?delay,
+                class,
                 %error,
                 "mail delivery failed, will retry"
             );
             sqlx::query(
                 "update outbox
-                 set attempts = $2, last_error = $3,
+                 set attempts = $2, last_error = $3, last_error_class = $5,
+                     last_error_at = clock_timestamp(),
                      next_attempt_at = clock_timestamp() + make_interval(secs => $4)
                  where id = $1",
             )
@@ -170,28 +256,34 @@ async fn deliver_next(
             .bind(failed_attempts)
             .bind(&error)
             .bind(delay.as_secs_f64())
+            .bind(class)
             .execute(&mut *tx)
             .await
             .context("scheduling a mail retry")?;
         }
-        Err(Failure::Transient(err) | Failure::Permanent(err)) => {
+        Err(Failure::Transient(class, err) | Failure::Permanent(class, err)) => {
             let error = describe(&err);
+            metrics::counter!("latchkey_mail_delivery_failures_total", "class" => class, "outcome" => "failed").increment(1);
             tracing::error!(
                 outbox_id = id,
                 attempts = failed_attempts,
+                class,
                 %error,
                 "mail delivery failed for good"
             );
             // Nobody will send these bodies any more; a reset link in them must not linger.
+            // The row stays, with its reason, for the operator (`status = 'failed'`).
             sqlx::query(
                 "update outbox
-                 set status = 'failed', attempts = $2, last_error = $3,
-                     text_body = null, html_body = null
+                 set status = 'failed', attempts = $2, last_error = $3, last_error_class = $4,
+                     last_error_at = clock_timestamp(),
+                     text_body = null, html_body = null, body_enc = null
                  where id = $1",
             )
             .bind(id)
             .bind(failed_attempts)
             .bind(&error)
+            .bind(class)
             .execute(&mut *tx)
             .await
             .context("marking mail failed")?;
@@ -208,26 +300,62 @@ async fn deliver_next(
         return Err(err).context("recording the outcome of a mail delivery");
     }
     if sent {
+        metrics::counter!("latchkey_mail_sent_total").increment(1);
         tracing::info!(outbox_id = id, "mail sent");
     }
     Ok(Some(sent))
 }
 
 enum Failure {
-    /// Worth retrying: the server or the network may recover.
-    Transient(anyhow::Error),
-    /// Retrying cannot help: the message itself is unusable.
-    Permanent(anyhow::Error),
+    /// Worth retrying: the server or the network may recover. With its class.
+    Transient(&'static str, anyhow::Error),
+    /// Retrying cannot help: the message is unusable, or the relay answered 5xx.
+    Permanent(&'static str, anyhow::Error),
 }
 
 impl Failure {
     fn classify(err: anyhow::Error) -> Self {
         if err.chain().any(|cause| cause.is::<InvalidMail>()) {
-            Failure::Permanent(err)
-        } else {
-            Failure::Transient(err)
+            return Failure::Permanent("invalid_message", err);
+        }
+        let delivery = err
+            .chain()
+            .find_map(|cause| cause.downcast_ref::<DeliveryError>())
+            .map(|delivery| (delivery.class, delivery.permanent));
+        match delivery {
+            Some((class, true)) => Failure::Permanent(class, err),
+            Some((class, false)) => Failure::Transient(class, err),
+            None => Failure::Transient("other", err),
         }
     }
+}
+
+/// What `/readyz` and `/metrics` show of the outbox.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Backlog {
+    pub pending: i64,
+    pub failed: i64,
+    pub oldest_pending_secs: f64,
+    /// The class of the most recent delivery failure, and how long ago it was.
+    pub last_error_class: Option<String>,
+    pub last_error_secs_ago: Option<f64>,
+}
+
+pub async fn backlog(pool: &PgPool) -> anyhow::Result<Backlog> {
+    sqlx::query_as(
+        "select
+             count(*) filter (where status = 'pending') as pending,
+             count(*) filter (where status = 'failed') as failed,
+             coalesce(extract(epoch from now() - min(created_at) filter (where status = 'pending')), 0)::float8
+                 as oldest_pending_secs,
+             (select last_error_class from outbox where last_error_at is not null
+              order by last_error_at desc limit 1) as last_error_class,
+             (select extract(epoch from now() - max(last_error_at))::float8 from outbox) as last_error_secs_ago
+         from outbox",
+    )
+    .fetch_one(pool)
+    .await
+    .context("reading the outbox backlog")
 }
 
 /// 5 s, 10 s, 20 s … capped at 15 min, plus up to 10 % jitter so that a burst of mail
@@ -253,14 +381,28 @@ fn describe(err: &anyhow::Error) -> String {
 
 /// Wakes the local delivery worker when mail has just been queued. Cheap to clone.
 /// Other instances' workers find the mail on their next poll.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Outbox {
     notify: Arc<Notify>,
+    key: BodyKey,
 }
 
 impl Outbox {
-    pub fn new() -> Self {
-        Self::default()
+    /// `key` seals queued bodies: `Keys::outbox`, the same on every instance.
+    pub fn new(key: [u8; 32]) -> Self {
+        Outbox {
+            notify: Arc::default(),
+            key: BodyKey(key),
+        }
+    }
+
+    /// Queues `mail` in the caller's transaction, its body sealed (see [`seal`]).
+    pub async fn enqueue(
+        &self,
+        conn: &mut PgConnection,
+        mail: &OutgoingMail,
+    ) -> anyhow::Result<i64> {
+        enqueue_sealed(conn, &self.key, mail).await
     }
 
     /// Call after the transaction that enqueued mail has committed. A wake-up sent while
@@ -280,7 +422,8 @@ impl Outbox {
         shutdown: watch::Receiver<bool>,
     ) -> JoinHandle<()> {
         let notify = Arc::clone(&self.notify);
-        tokio::spawn(run_worker(pool, transport, from, notify, shutdown))
+        let key = self.key.clone();
+        tokio::spawn(run_worker(pool, transport, from, key, notify, shutdown))
     }
 }
 
@@ -288,6 +431,7 @@ async fn run_worker(
     pool: PgPool,
     transport: Transport,
     from: Mailbox,
+    key: BodyKey,
     notify: Arc<Notify>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -298,7 +442,7 @@ async fn run_worker(
         if *shutdown.borrow_and_update() {
             break;
         }
-        let wait = match deliver_next(&pool, &transport, &from).await {
+        let wait = match deliver_next(&pool, &transport, &from, &key).await {
             Ok(Some(_)) => {
                 // More may be due: go again without sleeping.
                 consecutive_errors = 0;
@@ -367,8 +511,14 @@ mod tests {
             .parse::<lettre::Address>()
             .expect_err("invalid");
         let invalid = anyhow::Error::new(InvalidMail::Recipient(bad_address)).context("sending");
-        assert!(matches!(Failure::classify(invalid), Failure::Permanent(_)));
+        assert!(matches!(
+            Failure::classify(invalid),
+            Failure::Permanent("invalid_message", _)
+        ));
         let refused = anyhow::anyhow!("connection refused");
-        assert!(matches!(Failure::classify(refused), Failure::Transient(_)));
+        assert!(matches!(
+            Failure::classify(refused),
+            Failure::Transient(_, _)
+        ));
     }
 }

@@ -5,25 +5,20 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use lettre::message::{Mailbox, MultiPart, SinglePart};
-use lettre::transport::smtp::PoolConfig;
-use lettre::{
-    Address, AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor,
-};
+use lettre::{Address, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use secrecy::ExposeSecret as _;
+use tokio::io::AsyncWriteExt as _;
+
+use super::relay::{Relay, RelaySettingsError, classify_delivery_error};
+use crate::config::Config;
 
 /// Sender used when `LATCHKEY_MAIL_FROM` is not set.
 pub const DEFAULT_MAIL_FROM: &str = "latchkey <no-reply@localhost>";
-
-/// Connecting to the SMTP server gives up after this long.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// lettre's async client only times out the TCP connect, not the TLS handshake or the
 /// commands, so a server that accepts and then stalls would hold the outbox row (and its
 /// lock) forever without this bound on the whole send.
 const SEND_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Idle SMTP connections kept open between sends; one worker per instance needs few.
-const SMTP_POOL_SIZE: u32 = 4;
-const SMTP_POOL_IDLE: Duration = Duration::from_secs(30);
 
 /// One email as the application composes it, before it becomes MIME.
 #[derive(Clone, PartialEq, Eq)]
@@ -57,10 +52,24 @@ pub enum InvalidMail {
     Build(#[source] lettre::error::Error),
 }
 
+/// A delivery the relay did not take, classified for the outbox, metrics and `/readyz`.
+#[derive(Debug, thiserror::Error)]
+#[error("SMTP delivery failed ({class}): {detail}")]
+pub struct DeliveryError {
+    /// A stable name: `certificate_not_trusted`, `auth_refused`, `connection_failed`, …
+    pub class: &'static str,
+    /// 5xx (bad recipient, AUTH rejected): retrying cannot help.
+    pub permanent: bool,
+    detail: String,
+}
+
 #[derive(Clone)]
 pub enum Transport {
     /// `LATCHKEY_SMTP_URL` is set.
-    Smtp(AsyncSmtpTransport<Tokio1Executor>),
+    Smtp {
+        relay: Relay,
+        pool: AsyncSmtpTransport<Tokio1Executor>,
+    },
     /// Development: one `.eml` file per message under `dir` (default `var/mail/`).
     Files { dir: PathBuf },
 }
@@ -69,7 +78,7 @@ impl std::fmt::Debug for Transport {
     // Short and log-friendly: lettre's own Debug dumps the whole connection pool.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Transport::Smtp(_) => f.write_str("Transport::Smtp"),
+            Transport::Smtp { relay, .. } => f.debug_tuple("Transport::Smtp").field(relay).finish(),
             Transport::Files { dir } => f
                 .debug_struct("Transport::Files")
                 .field("dir", dir)
@@ -78,64 +87,92 @@ impl std::fmt::Debug for Transport {
     }
 }
 
+/// The transport the configuration asks for cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportConfigError {
+    #[error(
+        "public_url is https but LATCHKEY_SMTP_URL is not set: the development file transport \
+         writes live reset links to var/mail/ and the log, so it is refused under https"
+    )]
+    FilesUnderHttps,
+    #[error(transparent)]
+    Relay(#[from] RelaySettingsError),
+}
+
 impl Transport {
-    /// `smtp_url` is `LATCHKEY_SMTP_URL`: `smtp://host:port` (plaintext, no STARTTLS),
-    /// `smtp://…?tls=required` (STARTTLS), `smtps://user:pass@host[:port]` (TLS from the
-    /// first byte). Unset: files under `mail_dir`, which is created here.
+    /// SMTP when `LATCHKEY_SMTP_URL` is set (see [`Relay::parse`] for its forms), otherwise
+    /// files under `mail_dir`, which is created here (0700) — refused when `public_url` is
+    /// https, because the file transport logs live links.
     ///
     /// Call it inside the Tokio runtime: lettre's SMTP pool spawns its reaper task on build.
-    pub fn from_config(smtp_url: Option<&str>, mail_dir: &Path) -> anyhow::Result<Transport> {
-        let Some(url) = smtp_url.map(str::trim).filter(|url| !url.is_empty()) else {
-            std::fs::create_dir_all(mail_dir)
-                .with_context(|| format!("creating mail directory {}", mail_dir.display()))?;
+    pub fn from_config(config: &Config) -> anyhow::Result<Transport> {
+        let url = config
+            .smtp_url
+            .as_ref()
+            .map(|url| url.expose_secret().trim())
+            .filter(|url| !url.is_empty());
+        let Some(url) = url else {
+            if config.is_https() {
+                return Err(TransportConfigError::FilesUnderHttps.into());
+            }
+            create_private_dir(&config.mail_dir)?;
             return Ok(Transport::Files {
-                dir: mail_dir.to_path_buf(),
+                dir: config.mail_dir.clone(),
             });
         };
-        if sends_credentials_in_clear(url) {
+        // The error never quotes the URL: it may hold a password.
+        let relay = Relay::parse(
+            url,
+            config.smtp_ca_file.as_deref(),
+            config.smtp_username.as_deref(),
+            config.smtp_password.as_ref(),
+        )
+        .map_err(TransportConfigError::from)?;
+        if relay.may_send_credentials_in_clear() {
             tracing::warn!(
-                "LATCHKEY_SMTP_URL is plaintext smtp:// with credentials: use smtps:// or ?tls=required"
+                "LATCHKEY_SMTP_URL sends AUTH credentials without required TLS: use smtps:// or ?tls=required"
             );
         }
         // Without this check lettre panics when the pool spawns its task.
         tokio::runtime::Handle::try_current()
             .context("the SMTP transport must be created inside the Tokio runtime")?;
-        // The error never quotes the URL: it may hold a password.
-        let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
-            .context("LATCHKEY_SMTP_URL is not a valid smtp:// or smtps:// URL")?
-            .timeout(Some(CONNECT_TIMEOUT))
-            .pool_config(
-                PoolConfig::new()
-                    .max_size(SMTP_POOL_SIZE)
-                    .idle_timeout(SMTP_POOL_IDLE),
-            )
-            .build();
-        Ok(Transport::Smtp(transport))
+        let pool = relay.transport();
+        Ok(Transport::Smtp { relay, pool })
+    }
+
+    /// The relay, when mail goes over SMTP.
+    pub fn relay(&self) -> Option<&Relay> {
+        match self {
+            Transport::Smtp { relay, .. } => Some(relay),
+            Transport::Files { .. } => None,
+        }
     }
 
     /// Sends one message. An error whose chain holds [`InvalidMail`] is permanent.
     pub async fn send(&self, from: &Mailbox, mail: &OutgoingMail) -> anyhow::Result<()> {
         let message = build_message(from, mail)?;
         match self {
-            Transport::Smtp(smtp) => {
-                tokio::time::timeout(SEND_TIMEOUT, smtp.send(message))
+            Transport::Smtp { pool, .. } => {
+                tokio::time::timeout(SEND_TIMEOUT, pool.send(message))
                     .await
-                    .map_err(|_| {
-                        anyhow::anyhow!("SMTP server did not finish within {SEND_TIMEOUT:?}")
+                    .map_err(|_| DeliveryError {
+                        class: "timeout",
+                        permanent: false,
+                        detail: format!("the relay did not finish within {SEND_TIMEOUT:?}"),
                     })?
-                    .context("SMTP delivery failed")?;
+                    .map_err(|err| {
+                        let (class, permanent) = classify_delivery_error(&err);
+                        DeliveryError {
+                            class,
+                            permanent,
+                            detail: err.to_string(),
+                        }
+                    })?;
             }
             Transport::Files { dir } => {
-                tokio::fs::create_dir_all(dir)
-                    .await
-                    .with_context(|| format!("creating mail directory {}", dir.display()))?;
-                let id = AsyncFileTransport::<Tokio1Executor>::new(dir)
-                    .send(message)
-                    .await
-                    .with_context(|| format!("writing mail under {}", dir.display()))?;
-                let file = dir.join(format!("{id}.eml"));
-                // Development only: the link is what a developer needs from the mail.
-                // The SMTP arm never logs a body.
+                let file = write_eml(dir, &message).await?;
+                // Development only (refused under https): the link is what a developer
+                // needs from the mail. The SMTP arm never logs a body.
                 tracing::info!(
                     to = %mail.to,
                     link = first_link(&mail.text).unwrap_or("-"),
@@ -146,6 +183,63 @@ impl Transport {
         }
         Ok(())
     }
+}
+
+/// At start-up: one connection to the relay (EHLO, STARTTLS/TLS, AUTH, QUIT) and a clear
+/// verdict in the log. It never stops the service: mail is queued and retried.
+pub async fn startup_check(transport: Transport) {
+    let Some(relay) = transport.relay() else {
+        tracing::info!(
+            "mail goes to .eml files (development transport; LATCHKEY_SMTP_URL is unset)"
+        );
+        return;
+    };
+    match relay.check().await {
+        Ok(summary) => tracing::info!("SMTP relay ok: {summary}"),
+        Err(err) => {
+            let then = if err.is_permanent() {
+                "mail will be marked failed until this is fixed"
+            } else {
+                "mail stays queued and is retried"
+            };
+            tracing::error!(
+                class = err.class(),
+                "SMTP relay check failed: {err}; {then}"
+            );
+        }
+    }
+}
+
+/// Creates `dir` (and missing parents) readable by the service's user alone.
+fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder
+        .create(dir)
+        .with_context(|| format!("creating mail directory {}", dir.display()))
+}
+
+/// Writes `<uuid>.eml`, created 0600: the file holds a live link.
+async fn write_eml(dir: &Path, message: &Message) -> anyhow::Result<PathBuf> {
+    create_private_dir(dir)?;
+    let file = dir.join(format!("{}.eml", uuid::Uuid::new_v4()));
+    let mut options = tokio::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    let mut out = options
+        .open(&file)
+        .await
+        .with_context(|| format!("creating {}", file.display()))?;
+    out.write_all(&message.formatted())
+        .await
+        .with_context(|| format!("writing {}", file.display()))?;
+    out.flush()
+        .await
+        .with_context(|| format!("writing {}", file.display()))?;
+    Ok(file)
 }
 
 /// Parses `LATCHKEY_MAIL_FROM` (`Name <addr>` or a bare address); unset gives
@@ -190,14 +284,6 @@ fn first_link(text: &str) -> Option<&str> {
     text.lines()
         .map(str::trim)
         .find(|line| line.starts_with("http"))
-}
-
-fn sends_credentials_in_clear(url: &str) -> bool {
-    let Some(rest) = url.strip_prefix("smtp://") else {
-        return false;
-    };
-    let authority = rest.split(['/', '?']).next().unwrap_or_default();
-    authority.contains('@') && !url.contains("tls=required")
 }
 
 #[cfg(test)]
@@ -297,20 +383,20 @@ mod tests {
         assert!(!shown.contains("secret"), "{shown}");
     }
 
-    #[test]
-    fn plaintext_credentials_are_detected() {
-        assert!(sends_credentials_in_clear("smtp://u:p@mail.test:25"));
-        assert!(!sends_credentials_in_clear(
-            "smtp://u:p@mail.test:587?tls=required"
-        ));
-        assert!(!sends_credentials_in_clear("smtp://127.0.0.1:2525"));
-        assert!(!sends_credentials_in_clear("smtps://u:p@mail.test"));
+    fn config(smtp_url: Option<&str>, dir: &Path) -> Config {
+        let mut config = Config::defaults().expect("defaults");
+        config.smtp_url = smtp_url.map(|url| secrecy::SecretString::from(url.to_owned()));
+        config.mail_dir = dir.to_path_buf();
+        config
     }
 
     #[test]
     fn smtp_transport_outside_the_runtime_is_an_error_not_a_panic() {
-        let err = Transport::from_config(Some("smtp://127.0.0.1:2525"), &std::env::temp_dir())
-            .expect_err("no runtime");
+        let err = Transport::from_config(&config(
+            Some("smtp://127.0.0.1:2525"),
+            &std::env::temp_dir(),
+        ))
+        .expect_err("no runtime");
         assert!(format!("{err:#}").contains("Tokio runtime"), "{err:#}");
     }
 
@@ -318,24 +404,42 @@ mod tests {
     async fn smtp_urls_are_accepted_and_other_schemes_refused() {
         let dir = std::env::temp_dir();
         assert!(matches!(
-            Transport::from_config(Some("smtp://127.0.0.1:2525"), &dir),
-            Ok(Transport::Smtp(_))
+            Transport::from_config(&config(Some("smtp://127.0.0.1:2525"), &dir)),
+            Ok(Transport::Smtp { .. })
         ));
         assert!(matches!(
-            Transport::from_config(Some("smtps://user:pa%40ss@mail.example.test"), &dir),
-            Ok(Transport::Smtp(_))
+            Transport::from_config(&config(
+                Some("smtps://user:pa%40ss@mail.example.test"),
+                &dir
+            )),
+            Ok(Transport::Smtp { .. })
         ));
-        let err = Transport::from_config(Some("http://user:hunter2@mail.example.test"), &dir)
-            .expect_err("not smtp");
+        let err =
+            Transport::from_config(&config(Some("http://user:hunter2@mail.example.test"), &dir))
+                .expect_err("not smtp");
         assert!(!format!("{err:#}").contains("hunter2"), "{err:#}");
+    }
+
+    #[test]
+    fn files_are_refused_under_https() {
+        let mut config = config(None, &std::env::temp_dir());
+        config.public_url = "https://auth.example.test".parse().expect("url");
+        let err = Transport::from_config(&config).expect_err("refused");
+        assert!(format!("{err:#}").contains("LATCHKEY_SMTP_URL"), "{err:#}");
     }
 
     #[tokio::test]
     async fn file_transport_writes_an_eml_file() {
         let dir =
             std::env::temp_dir().join(format!("latchkey-mail-{:016x}", rand::random::<u64>()));
-        let transport = Transport::from_config(None, &dir).expect("file transport");
+        let transport = Transport::from_config(&config(None, &dir)).expect("file transport");
         assert!(dir.is_dir(), "from_config creates the directory");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(&dir).expect("dir").permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700, "mail dir mode {mode:o}");
+        }
 
         transport
             .send(&from(), &mail("alice@example.test", Some("<p>hi</p>")))
@@ -348,6 +452,16 @@ mod tests {
             .collect();
         assert_eq!(files.len(), 1, "{files:?}");
         assert_eq!(files[0].extension().and_then(|e| e.to_str()), Some("eml"));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(&files[0])
+                .expect("eml")
+                .permissions()
+                .mode()
+                & 0o777;
+            assert_eq!(mode, 0o600, "eml mode {mode:o}");
+        }
         let raw = std::fs::read_to_string(&files[0]).expect("eml readable");
         assert!(raw.contains("To: alice@example.test"), "{raw}");
         assert!(raw.contains("Subject: Reset your password"), "{raw}");

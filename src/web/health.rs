@@ -10,6 +10,7 @@ use axum::routing::get;
 
 use crate::app::AppState;
 use crate::db;
+use crate::mail::outbox::{Backlog, backlog};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -22,20 +23,59 @@ pub fn metrics_router() -> Router<AppState> {
     Router::new().route("/metrics", get(metrics))
 }
 
+/// 200 while Postgres answers, whatever the mail relay does; the body adds the outbox's
+/// figures so a stuck outbox shows without reading logs.
 async fn ready(State(state): State<AppState>) -> impl IntoResponse {
-    if db::ping(&state.pool, Duration::from_secs(2)).await {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n")
+    if !db::ping(&state.pool, Duration::from_secs(2)).await {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "database unavailable\n".to_owned(),
+        );
     }
+    let mut body = "ready\n".to_owned();
+    match backlog(&state.pool).await {
+        Ok(backlog) => {
+            body.push_str(&format!(
+                "outbox pending={} failed={} oldest_pending_secs={:.0}\n",
+                backlog.pending, backlog.failed, backlog.oldest_pending_secs
+            ));
+            if let (Some(class), Some(ago)) =
+                (backlog.last_error_class, backlog.last_error_secs_ago)
+            {
+                body.push_str(&format!("mail last_error={class} secs_ago={ago:.0}\n"));
+            }
+        }
+        Err(err) => tracing::warn!(error = format!("{err:#}"), "reading the outbox backlog"),
+    }
+    (StatusCode::OK, body)
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let mut body = state.metrics.render();
+    if let Ok(backlog) = backlog(&state.pool).await {
+        body.push_str(&outbox_metrics(&backlog));
+    }
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.metrics.render(),
+        body,
     )
+}
+
+/// Gauges read from the table at scrape time, so they are right whichever instance sent.
+fn outbox_metrics(backlog: &Backlog) -> String {
+    let mut out = format!(
+        "# TYPE latchkey_outbox_pending gauge\nlatchkey_outbox_pending {}\n\
+         # TYPE latchkey_outbox_failed gauge\nlatchkey_outbox_failed {}\n\
+         # TYPE latchkey_outbox_oldest_pending_seconds gauge\nlatchkey_outbox_oldest_pending_seconds {:.0}\n",
+        backlog.pending, backlog.failed, backlog.oldest_pending_secs
+    );
+    if let (Some(class), Some(ago)) = (&backlog.last_error_class, backlog.last_error_secs_ago) {
+        out.push_str(&format!(
+            "# TYPE latchkey_mail_last_error_age_seconds gauge\nlatchkey_mail_last_error_age_seconds{{class=\"{class}\"}} {ago:.0}\n"
+        ));
+    }
+    out
 }

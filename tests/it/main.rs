@@ -20,6 +20,7 @@ mod session_binding;
 mod settings;
 mod sign_in;
 mod smtp_sink;
+mod smtp_tls;
 mod soak;
 mod strength;
 mod tcp_proxy;
