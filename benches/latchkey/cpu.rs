@@ -138,6 +138,12 @@ impl CpuUsage {
         ]
     }
 
+    /// Cores this run got: everything busy but other processes.
+    pub fn cores_ours(&self) -> f64 {
+        let split = self.split();
+        split[5].1 - split[4].1
+    }
+
     /// Argon2's cores over the service's, its Postgres backends' and this process's.
     pub fn argon2_share(&self) -> f64 {
         let split = self.split();

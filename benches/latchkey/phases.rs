@@ -438,6 +438,12 @@ fn report_sign_in(report: &mut Report, slices: &Slices, latency: &Samples, error
     report.add(section, label, "signin_per_s", per_s, "/s");
     let label = "ratio to the limit (all sign-in over all limit slices)";
     report.add(section, label, "signin_ratio", per_s / limit, "");
+    // Per core this run got (all busy cores but other processes'), on each side: what the
+    // ratio comes to when others take a different share of the limit and sign-in slices.
+    let per_core = (per_s / slices.signin_cpu.cores_ours().max(1e-9))
+        / (limit / slices.limit_cpu.cores_ours().max(1e-9));
+    let label = "ratio per core the run got (others' share taken out)";
+    report.add(section, label, "signin_ratio_per_core", per_core, "");
     let ratios: Vec<f64> = slices
         .signin_per_s
         .iter()
