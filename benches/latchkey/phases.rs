@@ -1,0 +1,606 @@
+//! What the benchmark measures, in which order: set-up, idle latency, cheap pages, the
+//! argon2 limit and sign-ins in interleaved slices, round trips per sign-in, forgot
+//! password, memory. Each phase adds its figures to the report.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow};
+use argon2::password_hash::rand_core::OsRng;
+use argon2::password_hash::{PasswordHasher as _, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+use latchkey::config::Config;
+use serde_json::json;
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+
+use crate::cpu::{CpuSnapshot, CpuUsage, loadavg, rss_mb};
+use crate::limit::{Limit, argon2_limit};
+use crate::load::{Probed, Samples, SignIns, forgot_timings, hammer, probe, wait_for_mail};
+use crate::relay::{Relay, base_via_relay, upstream_of};
+use crate::report::{Report, round};
+use crate::service::{self, Resources};
+use crate::{PASSWORD, env_number};
+
+const IDLE_PROBE_FOR: Duration = Duration::from_secs(3);
+const ANON_FOR: Duration = Duration::from_secs(8);
+const ANON_CONNECTIONS: usize = 4;
+const SIGNIN_WARMUP: Duration = Duration::from_secs(3);
+const SIGNIN_USERS: usize = 16;
+/// One slice of the argon2 limit; sign-in slices are LATCHKEY_BENCH_SIGNIN_SECS / pairs.
+const LIMIT_SLICE: Duration = Duration::from_secs(3);
+const DEFAULT_PAIRS: usize = 5;
+/// Sign-ins alone (no probe) whose Postgres round trips and rows are counted.
+const ROUND_TRIPS_FOR: Duration = Duration::from_secs(4);
+const FORGOT_EACH: usize = 60;
+
+/// What the phases share once the service is up.
+struct Bench {
+    params: Params,
+    cores: usize,
+    clients: usize,
+    pairs: usize,
+    signin_slice: Duration,
+    hashes: Vec<String>,
+    pool: PgPool,
+    relay: Relay,
+    base: String,
+    service_pid: u32,
+    pg_pids: Vec<u32>,
+    tables: Vec<String>,
+    signin_users: Vec<String>,
+    known: Vec<String>,
+    unknown: Vec<String>,
+}
+
+pub async fn measure(res: &mut Resources) -> anyhow::Result<Report> {
+    let mut report = Report::default();
+    let bench = set_up(res, &mut report).await?;
+    idle_latency(&bench, &mut report).await?;
+    cheap_pages(&bench, &mut report).await?;
+    sign_in_against_limit(&bench, &mut report).await?;
+    forgot_password(&bench, res, &mut report).await?;
+    report.add(
+        "5. memory",
+        "service peak RSS (VmHWM) over the run",
+        "peak_rss_mb",
+        rss_mb(bench.service_pid, "VmHWM")?,
+        "MB",
+    );
+    report.meta("loadavg_at_end", json!(loadavg()));
+    Ok(report)
+}
+
+// ---------------------------------------------------------------------------------------
+// Set-up
+
+/// The configuration, the seeded hashes, the database, the relay and the running service.
+async fn set_up(res: &mut Resources, report: &mut Report) -> anyhow::Result<Bench> {
+    // The service runs in the temporary directory (its development secret key and mail go
+    // there, a checkout's config/local.toml is not read); this process reads the same
+    // configuration from there, so the baseline hashes with the service's parameters.
+    std::env::set_current_dir(&res.tmp).context("entering the temporary directory")?;
+    let (params, cores, clients) = read_settings(report)?;
+    let pairs = env_number("LATCHKEY_BENCH_PAIRS")
+        .unwrap_or(DEFAULT_PAIRS)
+        .max(1);
+    let signin_secs: u64 = env_number("LATCHKEY_BENCH_SIGNIN_SECS").unwrap_or(20);
+    let signin_slice = Duration::from_secs(signin_secs).div_f64(pairs as f64);
+    report.meta("signin_pairs", json!(pairs));
+    // Seed hashes first; they also check that the parameters work.
+    let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
+    let hashes = (0..SIGNIN_USERS)
+        .map(|_| {
+            argon2
+                .hash_password(PASSWORD.as_bytes(), &SaltString::generate(&mut OsRng))
+                .map(|h| h.to_string())
+                .map_err(|e| anyhow!("hashing: {e}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let (pool, signin_users, known, unknown) = seed_database(res, &hashes).await?;
+    let relay = Relay::start(upstream_of(&res.pg_base)?)?;
+    let service_db_url = service::pg_url(&base_via_relay(&res.pg_base, relay.port), &res.db_name);
+    let port = service::free_port()?;
+    let base = format!("http://127.0.0.1:{port}");
+    let service = service::start_service(&res.tmp, &service_db_url, port)?;
+    let service_pid = service.id();
+    res.service = Some(service);
+    service::wait_ready(&base, res).await?;
+    report.add(
+        "5. memory",
+        "service RSS when ready",
+        "rss_idle_mb",
+        rss_mb(service_pid, "VmRSS")?,
+        "MB",
+    );
+    let pg_pids = service::postgres_pids(&pool, &res.db_name).await?;
+    let tables = service::table_names(&pool).await?;
+    Ok(Bench {
+        params,
+        cores,
+        clients,
+        pairs,
+        signin_slice,
+        hashes,
+        pool,
+        relay,
+        base,
+        service_pid,
+        pg_pids,
+        tables,
+        signin_users,
+        known,
+        unknown,
+    })
+}
+
+/// (argon2 parameters, cores, sign-in clients), from the service's configuration.
+fn read_settings(report: &mut Report) -> anyhow::Result<(Params, usize, usize)> {
+    let config = Config::load()?;
+    let a = &config.argon2;
+    let params = Params::new(a.memory_kib, a.iterations, a.parallelism, None)
+        .map_err(|e| anyhow!("invalid argon2 parameters: {e}"))?;
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let hash_threads = if a.threads == 0 { cores } else { a.threads };
+    let clients = env_number("LATCHKEY_BENCH_CLIENTS").unwrap_or(3 * hash_threads);
+    let described = format!("m={} t={} p={}", a.memory_kib, a.iterations, a.parallelism);
+    eprintln!("bench: argon2id {described}, {cores} cores, {hash_threads} hashing threads");
+    report.meta("argon2_params", json!(described));
+    report.meta("cores", json!(cores));
+    report.meta("hash_threads", json!(hash_threads));
+    report.meta("signin_clients", json!(clients));
+    report.meta("loadavg_at_start", json!(loadavg()));
+    Ok((params, cores, clients))
+}
+
+/// The bench database, migrated, with the sign-in accounts and the known reset addresses:
+/// (pool, sign-in addresses, known addresses, unknown addresses).
+async fn seed_database(
+    res: &mut Resources,
+    hashes: &[String],
+) -> anyhow::Result<(PgPool, Vec<String>, Vec<String>, Vec<String>)> {
+    service::create_database(&res.pg_base, &res.db_name).await?;
+    res.db_created = true;
+    let pool = PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&service::pg_url(&res.pg_base, &res.db_name))
+        .await
+        .context("connecting to the bench database")?;
+    res.pool = Some(pool.clone());
+    latchkey::db::migrate(&pool).await?;
+    let addresses = |prefix: &str, n: usize| -> Vec<String> {
+        (0..n)
+            .map(|i| format!("{prefix}-{i:03}@example.com"))
+            .collect()
+    };
+    let signin_users = addresses("bench", SIGNIN_USERS);
+    let known = addresses("reset-a", FORGOT_EACH);
+    let unknown = addresses("reset-b", FORGOT_EACH);
+    for (email, hash) in signin_users.iter().zip(hashes) {
+        service::insert_user(&pool, email, hash).await?;
+    }
+    for email in &known {
+        service::insert_user(&pool, email, &hashes[0]).await?;
+    }
+    Ok((pool, signin_users, known, unknown))
+}
+
+// ---------------------------------------------------------------------------------------
+// 3 (reference) and 4: quick pages with nothing else going on
+
+async fn idle_latency(bench: &Bench, report: &mut Report) -> anyhow::Result<()> {
+    eprintln!("bench: (3) latency probe, idle, {IDLE_PROBE_FOR:?}");
+    let idle = probe(&bench.base, IDLE_PROBE_FOR).await?;
+    let section = "3. latency";
+    let page_p99 = idle.page.p(0.99);
+    report.add(
+        section,
+        "GET /sign-in p99, idle",
+        "signin_page_p99_ms_idle",
+        page_p99,
+        "ms",
+    );
+    let healthz_p99 = idle.healthz.p(0.99);
+    report.add(
+        section,
+        "GET /healthz p99, idle",
+        "healthz_p99_ms_idle",
+        healthz_p99,
+        "ms",
+    );
+    Ok(())
+}
+
+/// Anonymous GET /sign-in as fast as it goes, and the rows those requests wrote.
+async fn cheap_pages(bench: &Bench, report: &mut Report) -> anyhow::Result<()> {
+    eprintln!(
+        "bench: (4) anonymous GET /sign-in on {ANON_CONNECTIONS} connections for {ANON_FOR:?}"
+    );
+    let mark = service::mark_writes(&bench.pool, &bench.tables).await?;
+    let cpu0 = CpuSnapshot::take(bench.service_pid, &bench.pg_pids)?;
+    let anon = hammer(&bench.base, "/sign-in", ANON_CONNECTIONS, ANON_FOR).await?;
+    let cpu1 = CpuSnapshot::take(bench.service_pid, &bench.pg_pids)?;
+    let written = service::rows_written_since(&bench.pool, &bench.tables, &mark).await?;
+    let section = "4. cheap pages";
+    report.add(
+        section,
+        "anonymous GET /sign-in/s, no hashing load",
+        "signin_page_per_s",
+        anon.per_s,
+        "/s",
+    );
+    let p99 = anon.latency.p(0.99);
+    report.add(
+        section,
+        "  p99 at that rate",
+        "signin_page_p99_ms_saturated",
+        p99,
+        "ms",
+    );
+    let errors = anon.errors as f64;
+    report.add(
+        section,
+        "  failed requests",
+        "signin_page_errors",
+        errors,
+        "",
+    );
+    report.add(
+        section,
+        "database rows those requests wrote",
+        "anon_rows_written",
+        written.total as f64,
+        "rows",
+    );
+    report.meta("anon_rows_written_by_table", json!(written.by_table));
+    report.meta("anon_tables_checked", json!(bench.tables));
+    report.cpu(section, "anon", &cpu1.since(&cpu0));
+    report.meta(
+        "rss_mb_after_anon",
+        round(rss_mb(bench.service_pid, "VmHWM")?),
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// 1, 2 and 3: the limit and sign-ins, interleaved; round trips per sign-in
+
+/// What the interleaved slices measured.
+#[derive(Default)]
+struct Slices {
+    limits: Vec<Limit>,
+    limit_cpu: CpuUsage,
+    signin_per_s: Vec<f64>,
+    signins: u64,
+    signin_secs: f64,
+    signin_cpu: CpuUsage,
+    probe: Probed,
+}
+
+/// Sign-ins and round trips counted between two pauses (nothing under way at either end).
+struct Counted {
+    signins: u64,
+    round_trips: u64,
+    written: service::Written,
+}
+
+async fn sign_in_against_limit(bench: &Bench, report: &mut Report) -> anyhow::Result<()> {
+    eprintln!(
+        "bench: (1)+(2) {} pairs of a {LIMIT_SLICE:?} argon2id slice and a {:?} slice of \
+         sign-ins from {} clients (after {SIGNIN_WARMUP:?} warm-up), (3) probe meanwhile",
+        bench.pairs, bench.signin_slice, bench.clients
+    );
+    let signins = SignIns::start(&bench.base, &bench.signin_users, bench.clients)?;
+    signins.resume();
+    tokio::time::sleep(SIGNIN_WARMUP).await;
+    signins.pause().await?;
+    signins.measure_from_now();
+    let slices = interleave(bench, &signins).await?;
+    eprintln!("bench: Postgres round trips and rows of {ROUND_TRIPS_FOR:?} of sign-ins alone");
+    let counted = count_round_trips(bench, &signins).await?;
+    let (latency, errors) = signins.finish().await?;
+    report_limit(report, &slices);
+    report_sign_in(report, &slices, &latency, errors);
+    report_round_trips(report, &counted);
+    report_latency_under_load(report, &slices.probe);
+    report.meta(
+        "rss_mb_after_signin",
+        round(rss_mb(bench.service_pid, "VmHWM")?),
+    );
+    Ok(())
+}
+
+/// Limit and sign-in slices taking turns, the first of each pair alternating (limit first,
+/// then sign-ins first, ...), so that a machine slowing down moves both sides of a pair.
+async fn interleave(bench: &Bench, signins: &SignIns) -> anyhow::Result<Slices> {
+    let mut slices = Slices::default();
+    for pair in 0..bench.pairs {
+        if pair % 2 == 0 {
+            limit_slice(bench, &mut slices)?;
+            sign_in_slice(bench, signins, &mut slices).await?;
+        } else {
+            sign_in_slice(bench, signins, &mut slices).await?;
+            limit_slice(bench, &mut slices)?;
+        }
+        eprintln!(
+            "bench:   pair {}: limit {:.1}/s, sign-ins {:.1}/s",
+            pair + 1,
+            slices.limits.last().map_or(f64::NAN, |l| l.per_s),
+            slices.signin_per_s.last().copied().unwrap_or(f64::NAN),
+        );
+    }
+    Ok(slices)
+}
+
+/// argon2id on every core in this process while the sign-in clients are paused.
+fn limit_slice(bench: &Bench, slices: &mut Slices) -> anyhow::Result<()> {
+    let cpu0 = CpuSnapshot::take(bench.service_pid, &bench.pg_pids)?;
+    let limit = argon2_limit(&bench.params, bench.cores, &bench.hashes[0], LIMIT_SLICE)?;
+    let cpu1 = CpuSnapshot::take(bench.service_pid, &bench.pg_pids)?;
+    slices.limit_cpu.add(&cpu1.since(&cpu0));
+    slices.limits.push(limit);
+    Ok(())
+}
+
+/// Sign-ins for one slice with the probe running; complete sign-ins are counted from the
+/// resume to the end of the slice, then the clients pause until none is under way.
+async fn sign_in_slice(
+    bench: &Bench,
+    signins: &SignIns,
+    slices: &mut Slices,
+) -> anyhow::Result<()> {
+    let cpu0 = CpuSnapshot::take(bench.service_pid, &bench.pg_pids)?;
+    let done0 = signins.completed();
+    let started = Instant::now();
+    signins.resume();
+    let probed = probe(&bench.base, bench.signin_slice).await?;
+    let done = signins.completed().saturating_sub(done0);
+    let secs = started.elapsed().as_secs_f64();
+    let cpu1 = CpuSnapshot::take(bench.service_pid, &bench.pg_pids)?;
+    signins.pause().await?;
+    slices.signin_cpu.add(&cpu1.since(&cpu0));
+    slices.signin_per_s.push(done as f64 / secs);
+    slices.signins += done;
+    slices.signin_secs += secs;
+    slices.probe.extend(probed);
+    Ok(())
+}
+
+/// Sign-ins alone (no probe) from one pause to the next: every round trip the relay saw
+/// and every row written in between belongs to the sign-ins completed in between.
+async fn count_round_trips(bench: &Bench, signins: &SignIns) -> anyhow::Result<Counted> {
+    let mark = service::mark_writes(&bench.pool, &bench.tables).await?;
+    let (trips0, done0) = (bench.relay.round_trips(), signins.completed());
+    signins.resume();
+    tokio::time::sleep(ROUND_TRIPS_FOR).await;
+    signins.pause().await?;
+    let (trips1, done1) = (bench.relay.round_trips(), signins.completed());
+    let written = service::rows_written_since(&bench.pool, &bench.tables, &mark).await?;
+    Ok(Counted {
+        signins: done1.saturating_sub(done0),
+        round_trips: trips1.saturating_sub(trips0),
+        written,
+    })
+}
+
+/// Median, minimum and maximum (NaN for none).
+fn median_min_max(values: &[f64]) -> (f64, f64, f64) {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    v.sort_by(f64::total_cmp);
+    let Some((&min, &max)) = v.first().zip(v.last()) else {
+        return (f64::NAN, f64::NAN, f64::NAN);
+    };
+    let mid = v.len() / 2;
+    let median = if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    };
+    (median, min, max)
+}
+
+fn report_limit(report: &mut Report, slices: &Slices) {
+    let rates: Vec<f64> = slices.limits.iter().map(|l| l.per_s).collect();
+    let mean = rates.iter().sum::<f64>() / rates.len().max(1) as f64;
+    let first = rates.first().copied().unwrap_or(f64::NAN);
+    let last = rates.last().copied().unwrap_or(f64::NAN);
+    let cpu_ms = slices
+        .limits
+        .iter()
+        .map(|l| l.cpu_ms)
+        .fold(f64::NAN, f64::min);
+    let section = "1. limit";
+    report.add(
+        section,
+        "argon2id verifications/s (all cores, in-process, mean of the slices)",
+        "argon2_verify_per_s",
+        mean,
+        "/s",
+    );
+    let label = "  measured in the first limit slice";
+    report.add(section, label, "argon2_verify_per_s_before", first, "/s");
+    let label = "  measured in the last limit slice";
+    report.add(section, label, "argon2_verify_per_s_after", last, "/s");
+    let label = "CPU time of one verification";
+    report.add(section, label, "argon2_verify_cpu_ms", cpu_ms, "ms");
+    report.meta(
+        "argon2_verify_per_s_slices",
+        json!(rates.iter().map(|r| round(*r)).collect::<Vec<_>>()),
+    );
+    report.cpu(section, "limit", &slices.limit_cpu);
+}
+
+fn report_sign_in(report: &mut Report, slices: &Slices, latency: &Samples, errors: u64) {
+    let section = "2. sign-in";
+    let per_s = slices.signins as f64 / slices.signin_secs.max(1e-9);
+    let limit =
+        slices.limits.iter().map(|l| l.per_s).sum::<f64>() / slices.limits.len().max(1) as f64;
+    let label = "complete sign-ins/s (GET + POST, 303 to /)";
+    report.add(section, label, "signin_per_s", per_s, "/s");
+    let label = "ratio to the limit (all sign-in over all limit slices)";
+    report.add(section, label, "signin_ratio", per_s / limit, "");
+    // Per core this run got (all busy cores but other processes'), on each side: what the
+    // ratio comes to when others take a different share of the limit and sign-in slices.
+    let per_core = (per_s / slices.signin_cpu.cores_ours().max(1e-9))
+        / (limit / slices.limit_cpu.cores_ours().max(1e-9));
+    let label = "ratio per core the run got (others' share taken out)";
+    report.add(section, label, "signin_ratio_per_core", per_core, "");
+    let ratios: Vec<f64> = slices
+        .signin_per_s
+        .iter()
+        .zip(&slices.limits)
+        .map(|(s, l)| s / l.per_s)
+        .collect();
+    let (median, min, max) = median_min_max(&ratios);
+    let label = "ratio to the limit, median of the per-pair ratios";
+    report.add(section, label, "signin_ratio_median", median, "");
+    report.add(section, "  lowest pair", "signin_ratio_min", min, "");
+    report.add(section, "  highest pair", "signin_ratio_max", max, "");
+    report.meta(
+        "signin_ratio_pairs",
+        json!(ratios.iter().map(|r| round(*r)).collect::<Vec<_>>()),
+    );
+    report.meta(
+        "signin_per_s_slices",
+        json!(
+            slices
+                .signin_per_s
+                .iter()
+                .map(|r| round(*r))
+                .collect::<Vec<_>>()
+        ),
+    );
+    let label = "sign-in p50 (GET + POST)";
+    report.add(section, label, "signin_p50_ms", latency.p(0.5), "ms");
+    let label = "sign-in p99 (GET + POST)";
+    report.add(section, label, "signin_p99_ms", latency.p(0.99), "ms");
+    report.add(
+        section,
+        "failed sign-ins",
+        "signin_errors",
+        errors as f64,
+        "",
+    );
+    report.cpu(section, "signin", &slices.signin_cpu);
+    report.add(
+        section,
+        "share of the service's, Postgres' and bench's CPU spent in argon2",
+        "signin_argon2_share",
+        slices.signin_cpu.argon2_share(),
+        "",
+    );
+}
+
+fn report_round_trips(report: &mut Report, counted: &Counted) {
+    let section = "2. sign-in";
+    let signins = (counted.signins as f64).max(1e-9);
+    report.add(
+        section,
+        "Postgres round trips per complete sign-in (Sync + Query)",
+        "pg_round_trips_per_sign_in",
+        counted.round_trips as f64 / signins,
+        "",
+    );
+    report.add(
+        section,
+        "database rows written per complete sign-in",
+        "signin_rows_written_per_sign_in",
+        counted.written.total as f64 / signins,
+        "rows",
+    );
+    report.meta("round_trip_sign_ins", json!(counted.signins));
+    report.meta("round_trips_counted", json!(counted.round_trips));
+    report.meta(
+        "signin_rows_written_by_table",
+        json!(counted.written.by_table),
+    );
+}
+
+fn report_latency_under_load(report: &mut Report, probe: &Probed) {
+    for (what, key, s) in [
+        ("GET /sign-in", "signin_page", &probe.page),
+        ("GET /healthz", "healthz", &probe.healthz),
+    ] {
+        let figures = [
+            ("p50", "p50_ms", s.p(0.5), "ms"),
+            ("p99", "p99_ms", s.p(0.99), "ms"),
+            ("max", "max_ms", s.max(), "ms"),
+        ];
+        for (label, suffix, value, unit) in figures {
+            report.add(
+                "3. latency",
+                &format!("{what} {label} under sign-in load"),
+                &format!("{key}_{suffix}_under_load"),
+                value,
+                unit,
+            );
+        }
+        report.add(
+            "3. latency",
+            &format!("{what} samples"),
+            &format!("{key}_samples_under_load"),
+            s.len() as f64,
+            "",
+        );
+    }
+    report.add(
+        "3. latency",
+        "probe requests that failed",
+        "probe_errors_under_load",
+        probe.errors as f64,
+        "",
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// 6. Forgot password, known and unknown
+
+async fn forgot_password(
+    bench: &Bench,
+    res: &Resources,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    eprintln!(
+        "bench: (6) POST /forgot-password, {FORGOT_EACH} known and {FORGOT_EACH} unknown addresses"
+    );
+    let (known_t, unknown_t) = forgot_timings(&bench.base, &bench.known, &bench.unknown).await?;
+    let mails = wait_for_mail(&res.tmp.join("mail"), bench.known.len()).await;
+    let (km, um) = (known_t.p(0.5), unknown_t.p(0.5));
+    let section = "6. forgot password";
+    let rows = [
+        ("known address, median", "forgot_known_median_ms", km, "ms"),
+        (
+            "unknown address, median",
+            "forgot_unknown_median_ms",
+            um,
+            "ms",
+        ),
+        (
+            "known minus unknown, median",
+            "forgot_median_diff_ms",
+            km - um,
+            "ms",
+        ),
+        (
+            "known address, p99",
+            "forgot_known_p99_ms",
+            known_t.p(0.99),
+            "ms",
+        ),
+        (
+            "unknown address, p99",
+            "forgot_unknown_p99_ms",
+            unknown_t.p(0.99),
+            "ms",
+        ),
+        (
+            "reset mails written (expected one per known address)",
+            "forgot_mails_written",
+            mails as f64,
+            "",
+        ),
+    ];
+    for (label, key, value, unit) in rows {
+        report.add(section, label, key, value, unit);
+    }
+    Ok(())
+}

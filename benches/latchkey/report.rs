@@ -1,0 +1,205 @@
+//! The report: rows (section, label, JSON key, value, unit) and metadata, the issue's
+//! targets, the terminal table and the JSON object written to target/bench/latest.json.
+
+use serde_json::{Map, Value, json};
+
+use crate::cpu::CpuUsage;
+
+/// Other processes using more than this many cores make a run's ratio and latency noise.
+const OTHERS_NOISE_CORES: f64 = 0.1;
+
+struct Row {
+    section: String,
+    label: String,
+    key: String,
+    value: f64,
+    unit: &'static str,
+}
+
+#[derive(Default)]
+pub struct Report {
+    rows: Vec<Row>,
+    meta: Map<String, Value>,
+}
+
+/// (key, description, met?) for each target of the issue.
+fn targets(v: &dyn Fn(&str) -> f64) -> Vec<(&'static str, String, bool)> {
+    let diff = (v("forgot_known_median_ms") - v("forgot_unknown_median_ms")).abs();
+    vec![
+        (
+            "signin_ratio_median",
+            format!(
+                "signin_ratio_median {:.2} >= 0.90",
+                v("signin_ratio_median")
+            ),
+            v("signin_ratio_median") >= 0.90,
+        ),
+        (
+            "signin_page_p99_ms_under_load",
+            format!(
+                "signin_page_p99_ms_under_load {:.1} <= 25",
+                v("signin_page_p99_ms_under_load")
+            ),
+            v("signin_page_p99_ms_under_load") <= 25.0,
+        ),
+        (
+            "anon_rows_written",
+            format!("anon_rows_written {} = 0", v("anon_rows_written")),
+            v("anon_rows_written") == 0.0,
+        ),
+        (
+            "peak_rss_mb",
+            format!("peak_rss_mb {:.1} <= 100", v("peak_rss_mb")),
+            v("peak_rss_mb") <= 100.0,
+        ),
+        (
+            "forgot_median_diff_ms",
+            format!("|forgot known - unknown median| {diff:.2} <= 5 ms"),
+            diff <= 5.0,
+        ),
+    ]
+}
+
+impl Report {
+    pub fn add(&mut self, section: &str, label: &str, key: &str, value: f64, unit: &'static str) {
+        self.rows.push(Row {
+            section: section.to_owned(),
+            label: label.to_owned(),
+            key: key.to_owned(),
+            value,
+            unit,
+        });
+    }
+
+    pub fn meta(&mut self, key: &str, value: Value) {
+        self.meta.insert(key.to_owned(), value);
+    }
+
+    /// A row with the cores busy over `usage`, labelled with who used them, and the split
+    /// as `<phase>_cpu_cores` in the JSON.
+    pub fn cpu(&mut self, section: &str, phase: &str, usage: &CpuUsage) {
+        let split = usage.split();
+        let text = split
+            .iter()
+            .map(|(who, cores)| format!("{who} {cores:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        self.add(
+            section,
+            &format!("cores used: {text}"),
+            &format!("{phase}_cpu_cores_busy"),
+            split[5].1,
+            "",
+        );
+        self.meta(
+            &format!("{phase}_cpu_cores"),
+            Value::Object(
+                split
+                    .iter()
+                    .map(|(who, c)| ((*who).to_owned(), json!(round(*c))))
+                    .collect(),
+            ),
+        );
+    }
+
+    /// Cores other processes took while sign-ins were measured.
+    fn others_during_signin(&self) -> Option<f64> {
+        self.meta
+            .get("signin_cpu_cores")?
+            .get("other_processes")?
+            .as_f64()
+    }
+
+    fn value(&self, key: &str) -> f64 {
+        self.rows
+            .iter()
+            .find(|r| r.key == key)
+            .map_or(f64::NAN, |r| r.value)
+    }
+
+    pub fn table(&self) -> String {
+        let mut out = String::from("\nlatchkey benchmark\n");
+        for (k, v) in &self.meta {
+            if let Value::String(_) | Value::Number(_) = v {
+                out += &format!("  {k}: {v}\n");
+            }
+        }
+        let mut rows: Vec<&Row> = self.rows.iter().collect();
+        rows.sort_by(|a, b| a.section.cmp(&b.section));
+        let mut section = "";
+        for row in rows {
+            if row.section != section {
+                section = &row.section;
+                out += &format!("\n{section}\n");
+            }
+            let value = if row.value.fract() == 0.0 && row.value.abs() < 1e9 {
+                format!("{}", row.value)
+            } else {
+                format!("{:.2}", row.value)
+            };
+            out += &format!(
+                "  {:<58} {:>10} {:<4} {}\n",
+                row.label, value, row.unit, row.key
+            );
+        }
+        out + &self.targets_table()
+    }
+
+    fn targets_table(&self) -> String {
+        let mut out = String::from("\ntargets\n");
+        for (_, text, met) in targets(&|k| self.value(k)) {
+            out += &format!("  [{}] {text}\n", if met { "met" } else { "MISSED" });
+        }
+        if let Some(busy) = self
+            .others_during_signin()
+            .filter(|c| *c > OTHERS_NOISE_CORES)
+        {
+            out += &format!(
+                "  note: other processes used {busy:.2} cores during the sign-in slices: the \
+                 latencies are not this service's own, and the ratio only as far as the \
+                 interleaving evens it out (see its spread); signin_argon2_share is.\n"
+            );
+        }
+        out
+    }
+
+    pub fn json(&self) -> Value {
+        let mut object = Map::new();
+        for row in &self.rows {
+            object.insert(row.key.clone(), json!(round(row.value)));
+        }
+        for (k, v) in &self.meta {
+            object.insert(k.clone(), v.clone());
+        }
+        let met: Map<String, Value> = targets(&|k| self.value(k))
+            .into_iter()
+            .map(|(k, _, met)| (k.to_owned(), json!(met)))
+            .collect();
+        object.insert("targets_met".into(), Value::Object(met));
+        object.insert(
+            "machine_busy".into(),
+            json!(
+                self.others_during_signin()
+                    .is_none_or(|c| c > OTHERS_NOISE_CORES)
+            ),
+        );
+        object.insert(
+            "finished_at".into(),
+            json!(
+                time::OffsetDateTime::now_utc()
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default()
+            ),
+        );
+        Value::Object(object)
+    }
+}
+
+/// Two decimals are plenty for every figure; NaN (no samples) becomes null.
+pub fn round(v: f64) -> Value {
+    if v.is_finite() {
+        json!((v * 100.0).round() / 100.0)
+    } else {
+        Value::Null
+    }
+}
