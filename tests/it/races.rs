@@ -151,9 +151,17 @@ async fn three_hundred_codes_at_once_at_the_second_step_get_at_most_five_checked
             "round {round}: {checked} wrong codes checked, {answered} answers not 429, {tally:?}"
         );
         assert_eq!(with_status(&answers, 0), 0, "every request was answered");
-        assert!(checked <= FREE_FAILURES, "round {round}: {checked} checked");
+        // The right code is one of the 300; when the order the server takes them in puts
+        // it among the five it checks (the allowance, 5 in 300), the step completes and
+        // clears the count, and the wrong codes still in flight on that session may be
+        // checked under a fresh count: the attacker is in already, so they buy nothing.
+        // Every other round: five checked, everything else 429.
+        let got_in = with_status(&answers, 303) as i64;
+        let allowed = FREE_FAILURES * (1 + got_in);
+        assert!(got_in <= 1, "a code works once: {tally:?}");
+        assert!(checked <= allowed, "round {round}: {checked} checked");
         assert!(
-            answered as i64 <= FREE_FAILURES,
+            answered as i64 <= allowed,
             "round {round}: {answered} answers were not 429: {tally:?}"
         );
     }
