@@ -12,8 +12,6 @@ pub mod config;
 pub mod db;
 /// Values parsed once: email addresses, passwords, tokens, redirect targets.
 pub mod domain;
-/// Request errors and their pages.
-pub mod error;
 /// The secret key and keys derived from it.
 pub mod keys;
 /// Mail messages, outbox and delivery.

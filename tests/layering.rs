@@ -18,7 +18,13 @@ struct Rule {
     forbidden_crates: &'static [&'static str],
 }
 
-const HTTP_CRATES: &[&str] = &["axum", "axum_extra", "tower_sessions", "tower_http", "hyper"];
+const HTTP_CRATES: &[&str] = &[
+    "axum",
+    "axum_extra",
+    "tower_sessions",
+    "tower_http",
+    "hyper",
+];
 
 const RULES: &[Rule] = &[
     Rule {
@@ -127,7 +133,11 @@ fn violations() -> Vec<String> {
         files.sort();
         for file in files {
             let text = std::fs::read_to_string(&file).expect("read a source file");
-            let shown = file.strip_prefix(&src).unwrap_or(&file).display().to_string();
+            let shown = file
+                .strip_prefix(&src)
+                .unwrap_or(&file)
+                .display()
+                .to_string();
             // Multi-line grouped imports: join a `use` statement up to its `;`.
             let mut statement = String::new();
             let mut statement_line = 0;
@@ -192,7 +202,10 @@ fn the_check_sees_grouped_and_plain_imports() {
         ["app"]
     );
     assert!(names_crate("use axum::Router;", "axum"));
-    assert!(names_crate("fn f(s: tower_sessions::Session)", "tower_sessions"));
+    assert!(names_crate(
+        "fn f(s: tower_sessions::Session)",
+        "tower_sessions"
+    ));
     assert!(!names_crate("use crate::web::axum_like;", "axum"));
     assert!(!names_crate("let axum_ish = 1;", "axum"));
 }
