@@ -34,14 +34,6 @@ pub enum SignInOutcome {
     NeedsSecondFactor(User),
 }
 
-impl SignInOutcome {
-    pub fn user(&self) -> &User {
-        match self {
-            SignInOutcome::Complete(user) | SignInOutcome::NeedsSecondFactor(user) => user,
-        }
-    }
-}
-
 /// Checks an address and password. The attempt counts against the client's IP first
 /// (`LATCHKEY_IP_RATE_LIMIT`); then every attempt reserves a failure on the address
 /// before any hashing (refused while the address waits out a delay); a right password
