@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use axum::extract::ConnectInfo;
+use axum::extract::{ConnectInfo, FromRef};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
@@ -20,7 +20,6 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
-use tokio_util::task::TaskTracker;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -29,14 +28,12 @@ use tower_http::trace::TraceLayer;
 use tower_sessions::cookie::SameSite;
 use tower_sessions::{Expiry, SessionManagerLayer};
 
-use crate::auth::passwords::Hasher;
+use crate::auth::Accounts;
 use crate::config::Config;
-use crate::domain::password::PasswordPolicy;
-use crate::error::AppError;
 use crate::keys::Keys;
-use crate::mail::outbox::Outbox;
 use crate::mail::transport::{Transport, mail_from};
-use crate::store::sessions::PgSessionStore;
+use crate::web::AppError;
+use crate::web::session_store::PgSessionStore;
 use crate::{db, store, telemetry, web};
 
 /// Cookie names: `__Host-` prefixed (Secure, whole host, path /) when served over https.
@@ -62,41 +59,39 @@ impl CookieNames {
     }
 }
 
-/// What every handler can reach. Cheap to clone.
+/// What every handler can reach. Cheap to clone. Handlers that need only the account
+/// rules take `State<Accounts>` (through [`FromRef`]).
 #[derive(Clone)]
 pub struct AppState {
     pub config: Arc<Config>,
+    /// The same pool as `accounts.pool`, for what the web layer asks itself (readiness).
     pub pool: PgPool,
-    pub hasher: Hasher,
+    /// The same keys as `accounts.keys` (the web layer signs CSRF tokens with one).
     pub keys: Arc<Keys>,
-    pub policy: Arc<PasswordPolicy>,
-    pub outbox: Outbox,
-    /// Work that outlives its request (reset mails); drained at shutdown.
-    pub tasks: TaskTracker,
+    /// The account rules and what they work with.
+    pub accounts: Accounts,
     pub metrics: PrometheusHandle,
     pub cookie_names: CookieNames,
 }
 
+impl FromRef<AppState> for Accounts {
+    fn from_ref(state: &AppState) -> Accounts {
+        state.accounts.clone()
+    }
+}
+
 impl AppState {
     pub async fn new(config: Config) -> anyhow::Result<AppState> {
-        let keys = Keys::load(config.secret_key.as_ref(), config.is_https())?;
+        let keys = Arc::new(Keys::load(config.secret_key.as_ref(), config.is_https())?);
         let pool = db::connect(&config).await?;
         db::migrate(&pool).await?;
-        let hasher = Hasher::start(&config.argon2)?;
-        let policy = PasswordPolicy {
-            min_len_single_factor: config.policy.min_length,
-            min_len_two_factor: config.policy.min_length_two_factor,
-            service_name: "latchkey",
-        };
+        let accounts = Accounts::start(&config, pool.clone(), keys.clone())?;
         Ok(AppState {
             cookie_names: CookieNames::for_config(&config),
             config: Arc::new(config),
             pool,
-            hasher,
-            outbox: Outbox::new(keys.outbox),
-            keys: Arc::new(keys),
-            policy: Arc::new(policy),
-            tasks: TaskTracker::new(),
+            keys,
+            accounts,
             metrics: telemetry::metrics_handle(),
         })
     }
@@ -231,9 +226,12 @@ impl Server {
         let (shutdown, stopping) = watch::channel(false);
 
         let background = vec![
-            state
-                .outbox
-                .spawn_worker(state.pool.clone(), transport, from, stopping.clone()),
+            state.accounts.outbox.spawn_worker(
+                state.pool.clone(),
+                transport,
+                from,
+                stopping.clone(),
+            ),
             tokio::spawn(housekeeping(
                 state.pool.clone(),
                 Duration::from_secs(state.config.housekeeping_interval_secs.max(1)),
@@ -278,8 +276,8 @@ impl Server {
     pub async fn stop(self) -> anyhow::Result<()> {
         let _ = self.shutdown.send(true);
         let served = self.serving.await.context("the HTTP server task failed")?;
-        self.state.tasks.close();
-        if tokio::time::timeout(Duration::from_secs(10), self.state.tasks.wait())
+        self.state.accounts.tasks.close();
+        if tokio::time::timeout(Duration::from_secs(10), self.state.accounts.tasks.wait())
             .await
             .is_err()
         {

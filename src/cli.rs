@@ -8,10 +8,11 @@ use secrecy::SecretString;
 use tokio::net::TcpListener;
 
 use crate::app::Server;
+use crate::auth::password_policy;
 use crate::auth::passwords::Hasher;
 use crate::config::Config;
 use crate::domain::EmailAddress;
-use crate::domain::password::{NewPassword, PasswordPolicy, PolicyContext};
+use crate::domain::password::{NewPassword, PolicyContext};
 use crate::mail::relay::message_for_test;
 use crate::mail::transport::{Transport, mail_from};
 use crate::store::users::{self, CreateUserError};
@@ -125,11 +126,7 @@ async fn create_user(config: &Config, email: &str) -> anyhow::Result<()> {
         .context("reading the password from standard input")?;
     let password = line.strip_suffix('\n').unwrap_or(&line);
     let password = password.strip_suffix('\r').unwrap_or(password);
-    let policy = PasswordPolicy {
-        min_len_single_factor: config.policy.min_length,
-        min_len_two_factor: config.policy.min_length_two_factor,
-        service_name: "latchkey",
-    };
+    let policy = password_policy(config);
     let ctx = PolicyContext {
         email: email.as_str(),
         two_factor: false,

@@ -2,7 +2,7 @@
 
 /// Shared state, router, layers, start-up and graceful shutdown.
 pub mod app;
-/// Account rules: sign-in, throttling, reset, change, sessions.
+/// Account rules over `auth::Accounts`: sign-in, throttling, reset, change, sessions.
 pub mod auth;
 /// The command line.
 pub mod cli;
@@ -12,8 +12,6 @@ pub mod config;
 pub mod db;
 /// Values parsed once: email addresses, passwords, tokens, redirect targets.
 pub mod domain;
-/// Request errors and their pages.
-pub mod error;
 /// The secret key and keys derived from it.
 pub mod keys;
 /// Mail messages, outbox and delivery.
@@ -22,5 +20,5 @@ pub mod mail;
 pub mod store;
 /// Logging, request spans and metrics.
 pub mod telemetry;
-/// HTTP pages, extractors and layers.
+/// HTTP: pages, extractors, layers, the typed session and its store, `AppError`.
 pub mod web;

@@ -1,18 +1,13 @@
 //! Settings → Security → Change password, for a signed-in person who knows the current one.
 
 use secrecy::SecretString;
-use sqlx::PgConnection;
-use tower_sessions::session::Id;
 use uuid::Uuid;
 
-use super::session::AuthSession;
-use super::{Failure, Origin, confirm_password, throttle};
-use crate::app::AppState;
+use super::set_password::{Replacement, set_password};
+use super::{Accounts, Origin, ServiceError, confirm_password, throttle};
+use crate::domain::SessionDigest;
 use crate::domain::password::{PolicyContext, PolicyViolation, normalize};
-use crate::mail::messages;
-use crate::store::audit::{self, EventKind};
-use crate::store::users::{self, User};
-use crate::store::{reset_tokens, sessions};
+use crate::store::users;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChangeError {
@@ -27,7 +22,7 @@ pub enum ChangeError {
     #[error("the password changed meanwhile; this session has ended")]
     SessionEnded,
     #[error(transparent)]
-    Failure(#[from] Failure),
+    Service(#[from] ServiceError),
 }
 
 impl From<sqlx::Error> for ChangeError {
@@ -38,35 +33,46 @@ impl From<sqlx::Error> for ChangeError {
 
 impl From<anyhow::Error> for ChangeError {
     fn from(e: anyhow::Error) -> Self {
-        ChangeError::Failure(Failure::Unexpected(e))
+        ChangeError::Service(ServiceError::Unexpected(e))
     }
 }
 
-/// Changes the password and signs out every other session; the current session keeps
-/// going under a new id. Returns how many other sessions were signed out.
+/// What a change did.
+#[derive(Debug, Clone, Copy)]
+pub struct Changed {
+    /// The account's new `password_changed_at`: the session that made the change records
+    /// it (under a new id) and goes on.
+    pub password_set_at: time::OffsetDateTime,
+    /// How many other sessions were signed out.
+    pub signed_out: u64,
+}
+
+/// Changes the password and signs out every session but `session` (the one asking),
+/// which the caller then moves to a new id bound to the new password. On
+/// [`ChangeError::SessionEnded`] the caller ends `session`.
 #[tracing::instrument(skip_all, fields(user_id = %user_id))]
 pub async fn change_password(
-    state: &AppState,
+    accounts: &Accounts,
     user_id: Uuid,
-    session: &AuthSession,
+    session: Option<&SessionDigest>,
     current: &str,
     new_password: &str,
     confirm: &str,
     origin: &Origin,
-) -> Result<u64, ChangeError> {
-    let user = users::find_by_id(&state.pool, user_id)
+) -> Result<Changed, ChangeError> {
+    let user = users::find_by_id(&accounts.pool, user_id)
         .await?
         .ok_or_else(|| anyhow::anyhow!("signed-in account no longer exists"))?;
     let ctx = PolicyContext {
         email: &user.email,
         two_factor: user.has_two_factor(),
     };
-    let password = super::check_new_password(state, &ctx, new_password, confirm)
+    let password = super::check_new_password(accounts, &ctx, new_password, confirm)
         .await?
         .map_err(ChangeError::Policy)?;
 
     if !confirm_password(
-        state,
+        accounts,
         &user,
         current,
         origin,
@@ -79,96 +85,26 @@ pub async fn change_password(
     if password.expose() == normalize(current) {
         return Err(ChangeError::SameAsCurrent);
     }
-    let hash = state
+    let hash = accounts
         .hasher
         .hash(SecretString::from(password.expose().to_owned()))
         .await
-        .map_err(Failure::from)?;
+        .map_err(ServiceError::from)?;
 
-    let current_id = session.id();
-    let mut tx = state.pool.begin().await?;
-    let how = How::Change {
-        keep: current_id.as_ref(),
+    let mut tx = accounts.pool.begin().await?;
+    let replacement = Replacement::ByOwner {
+        keep: session,
         verified_with: user.password_changed_at,
     };
-    let Some(stored) = store_new_password(state, &mut tx, &user, &hash, how, origin).await? else {
-        drop(tx);
-        session.sign_out().await?;
+    let Some(stored) = set_password(accounts, &mut tx, &user, &hash, replacement, origin).await?
+    else {
         return Err(ChangeError::SessionEnded);
     };
     tx.commit().await?;
-    state.outbox.notify();
-    throttle::clear(state, &user.email_key).await?;
-    session.rotate_for_password(stored.password_set_at).await?;
-    Ok(stored.signed_out)
-}
-
-/// What storing a new password did.
-pub(crate) struct Stored {
-    /// The account's new `password_changed_at`: a session that goes on records it.
-    pub password_set_at: time::OffsetDateTime,
-    /// How many sessions were signed out.
-    pub signed_out: u64,
-}
-
-/// How a password is being replaced.
-pub(crate) enum How<'a> {
-    /// By the signed-in person, who proved the password set at `verified_with`: their
-    /// current session (`keep`) goes on.
-    Change {
-        keep: Option<&'a Id>,
-        verified_with: time::OffsetDateTime,
-    },
-    /// Through an emailed link: every session goes.
-    Reset,
-}
-
-/// The part of a password change that must happen together, inside the caller's
-/// transaction: new hash, outstanding reset links and an unconfirmed two-factor setup key
-/// void, sessions signed out, the audit event and the notification mail. `None` (and
-/// nothing written) for a change when the password is no longer the one verified: a
-/// reset or another change committed meanwhile.
-pub(crate) async fn store_new_password(
-    state: &AppState,
-    tx: &mut PgConnection,
-    user: &User,
-    hash: &str,
-    how: How<'_>,
-    origin: &Origin,
-) -> anyhow::Result<Option<Stored>> {
-    let (keep, unchanged_since, kind, by_reset) = match how {
-        How::Change {
-            keep,
-            verified_with,
-        } => (keep, Some(verified_with), EventKind::PasswordChanged, false),
-        How::Reset => (None, None, EventKind::ResetCompleted, true),
-    };
-    let Some(password_set_at) =
-        users::set_password(&mut *tx, user.id, hash, unchanged_since).await?
-    else {
-        return Ok(None);
-    };
-    reset_tokens::void_for_user(&mut *tx, user.id).await?;
-    let signed_out = sessions::delete_for_user(&mut *tx, user.id, keep).await?;
-    audit::record(
-        &mut *tx,
-        kind,
-        Some(user.id),
-        Some(&user.email),
-        origin,
-        Some(&format!("{signed_out} sessions signed out")),
-    )
-    .await?;
-    let mail = messages::password_changed(
-        &user.email,
-        state.config.public_base(),
-        by_reset,
-        signed_out,
-        origin,
-    )?;
-    state.outbox.enqueue(&mut *tx, &mail).await?;
-    Ok(Some(Stored {
-        password_set_at,
-        signed_out,
-    }))
+    accounts.outbox.notify();
+    throttle::clear(accounts, &user.email_key).await?;
+    Ok(Changed {
+        password_set_at: stored.password_set_at,
+        signed_out: stored.signed_out,
+    })
 }

@@ -1,22 +1,100 @@
 //! The account rules: who may sign in, throttling, password reset and change, sessions.
+//! They take an [`Accounts`] and plain values, and know nothing of HTTP: a page, a
+//! command of the CLI or a forward-auth check calls them the same way.
 
 pub mod change;
 pub mod passwords;
 pub mod reset;
+pub mod security;
 pub mod session;
+pub mod set_password;
 pub mod sign_in;
 pub mod throttle;
 pub mod two_factor;
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio_util::task::TaskTracker;
 
 pub use crate::store::audit::Origin;
 
-use crate::domain::password::{NewPassword, PolicyContext, PolicyViolation};
+use crate::config::{Config, ThrottleConfig};
+use crate::domain::password::{NewPassword, PasswordPolicy, PolicyContext, PolicyViolation};
+use crate::keys::Keys;
+use crate::mail::outbox::Outbox;
 
-/// The failures every account flow can meet besides its own.
+/// What the account rules work with. Cheap to clone.
+#[derive(Clone)]
+pub struct Accounts {
+    pub pool: PgPool,
+    pub hasher: passwords::Hasher,
+    pub keys: Arc<Keys>,
+    pub policy: Arc<PasswordPolicy>,
+    pub outbox: Outbox,
+    /// Work that outlives its request (reset mails); drained at shutdown.
+    pub tasks: TaskTracker,
+    pub settings: Arc<AccountSettings>,
+}
+
+/// The settings the account rules read.
+#[derive(Debug, Clone)]
+pub struct AccountSettings {
+    /// `public_url` without a trailing slash, for links in mail.
+    pub public_base: String,
+    pub throttle: ThrottleConfig,
+    /// Attempts per IP and minute (sign-in, reset requests); 0 is no limit.
+    pub ip_rate_limit: u32,
+    pub reset_token_ttl_secs: u64,
+    pub session_idle: Duration,
+    pub session_absolute: Duration,
+    /// How long a reset request waits for a database connection before it is refused.
+    pub db_acquire_timeout: Duration,
+}
+
+impl AccountSettings {
+    pub fn from_config(config: &Config) -> AccountSettings {
+        AccountSettings {
+            public_base: config.public_base().to_owned(),
+            throttle: config.throttle.clone(),
+            ip_rate_limit: config.ip_rate_limit,
+            reset_token_ttl_secs: config.reset_token_ttl_secs,
+            session_idle: Duration::from_secs(config.session.idle_timeout_secs),
+            session_absolute: Duration::from_secs(config.session.absolute_timeout_secs),
+            db_acquire_timeout: Duration::from_millis(config.db_acquire_timeout_ms),
+        }
+    }
+}
+
+impl Accounts {
+    /// The account rules over `pool`, with the hashing threads started.
+    pub fn start(config: &Config, pool: PgPool, keys: Arc<Keys>) -> anyhow::Result<Accounts> {
+        Ok(Accounts {
+            hasher: passwords::Hasher::start(&config.argon2)?,
+            policy: Arc::new(password_policy(config)),
+            outbox: Outbox::new(keys.outbox),
+            keys,
+            pool,
+            tasks: TaskTracker::new(),
+            settings: Arc::new(AccountSettings::from_config(config)),
+        })
+    }
+}
+
+/// The password policy as configured (the CLI's `user create` applies it too).
+pub fn password_policy(config: &Config) -> PasswordPolicy {
+    PasswordPolicy {
+        min_len_single_factor: config.policy.min_length,
+        min_len_two_factor: config.policy.min_length_two_factor,
+        service_name: "latchkey",
+    }
+}
+
+/// The failures any account flow can meet besides its own: the attempt was throttled,
+/// the hashing queue was full, or something unexpected went wrong.
 #[derive(Debug, thiserror::Error)]
-pub enum Failure {
+pub enum ServiceError {
     /// Too many attempts: wait this long.
     #[error("too many attempts")]
     Throttled { retry_after: Duration },
@@ -27,11 +105,11 @@ pub enum Failure {
     Unexpected(#[from] anyhow::Error),
 }
 
-impl From<passwords::HashError> for Failure {
-    fn from(err: passwords::HashError) -> Failure {
+impl From<passwords::HashError> for ServiceError {
+    fn from(err: passwords::HashError) -> ServiceError {
         match err {
-            passwords::HashError::Busy => Failure::Busy,
-            passwords::HashError::Unexpected(e) => Failure::Unexpected(e),
+            passwords::HashError::Busy => ServiceError::Busy,
+            passwords::HashError::Unexpected(e) => ServiceError::Unexpected(e),
         }
     }
 }
@@ -41,16 +119,16 @@ impl From<passwords::HashError> for Failure {
 /// stolen session cannot turn these forms into a free password oracle. A wrong
 /// password is audited with `what` as the detail.
 pub async fn confirm_password(
-    state: &crate::app::AppState,
+    accounts: &Accounts,
     user: &crate::store::users::User,
     password: &str,
     origin: &Origin,
     what: &str,
-) -> Result<bool, Failure> {
+) -> Result<bool, ServiceError> {
     use crate::store::audit::{self, EventKind};
     let key = user.email_key.clone();
-    let reservation = throttle::reserve(state, &key).await?;
-    let verified = match state
+    let reservation = throttle::reserve(accounts, &key).await?;
+    let verified = match accounts
         .hasher
         .verify(
             secrecy::SecretString::from(crate::domain::password::normalize(password)),
@@ -61,15 +139,15 @@ pub async fn confirm_password(
         Ok(verified) => verified,
         Err(err) => {
             if matches!(err, passwords::HashError::Busy) {
-                reservation.give_back(state).await?;
+                reservation.give_back(accounts).await?;
             }
             return Err(err.into());
         }
     };
     if verified == passwords::Verified::No {
-        reservation.fail(state).await?;
+        reservation.fail(accounts).await?;
         audit::record(
-            &state.pool,
+            &accounts.pool,
             EventKind::SignInFailed,
             Some(user.id),
             Some(&user.email),
@@ -80,19 +158,19 @@ pub async fn confirm_password(
         return Ok(false);
     }
     // A right password here is not a sign-in: it leaves earlier failures standing.
-    reservation.give_back(state).await?;
+    reservation.give_back(accounts).await?;
     Ok(true)
 }
 
 /// Applies the password policy to a new password and its confirmation, off the async
 /// runtime's worker threads: zxcvbn can take tens of milliseconds on hostile input.
 pub async fn check_new_password(
-    state: &crate::app::AppState,
+    accounts: &Accounts,
     ctx: &PolicyContext<'_>,
     new_password: &str,
     confirm: &str,
-) -> Result<Result<NewPassword, PolicyViolation>, Failure> {
-    let policy = state.policy.clone();
+) -> Result<Result<NewPassword, PolicyViolation>, ServiceError> {
+    let policy = accounts.policy.clone();
     let email = ctx.email.to_owned();
     let two_factor = ctx.two_factor;
     let new_password = secrecy::SecretString::from(new_password.to_owned());
@@ -111,5 +189,5 @@ pub async fn check_new_password(
         )
     })
     .await
-    .map_err(|e| Failure::Unexpected(anyhow::anyhow!("checking a new password: {e}")))
+    .map_err(|e| ServiceError::Unexpected(anyhow::anyhow!("checking a new password: {e}")))
 }

@@ -2,10 +2,11 @@
 
 use secrecy::SecretString;
 
-use super::change::{How, store_new_password};
+use super::set_password::{Replacement, set_password};
+use super::throttle::{IpScope, check_ip};
 use super::two_factor::{self, TwoFactorError};
-use super::{Failure, Origin};
-use crate::app::AppState;
+use super::{Accounts, Origin, ServiceError};
+use crate::db;
 use crate::domain::EmailAddress;
 use crate::domain::password::{PolicyContext, PolicyViolation};
 use crate::domain::token::ResetToken;
@@ -15,42 +16,88 @@ use crate::store::reset_tokens::{self, TokenState};
 use crate::store::throttle;
 use crate::store::users;
 
+#[derive(Debug, thiserror::Error)]
+pub enum RequestLinkError {
+    /// Not an email address; the message says what is wrong with it.
+    #[error("{0}")]
+    InvalidEmail(String),
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+}
+
+/// "Forgot your password?": counts the request against the client's IP, and when the
+/// address is one, runs [`request_reset`] after the answer (so known and unknown
+/// addresses take the same time; a graceful shutdown finishes it). Returns the address
+/// the answer names.
+pub async fn request_link(
+    accounts: &Accounts,
+    email_input: &str,
+    origin: &Origin,
+) -> Result<EmailAddress, RequestLinkError> {
+    let ip = origin.ip.clone().unwrap_or_default();
+    check_ip(accounts, IpScope::ForgotPassword, &ip).await?;
+    let email = EmailAddress::parse(email_input)
+        .map_err(|err| RequestLinkError::InvalidEmail(err.to_string()))?;
+    // The work below happens after the answer, so make sure it can happen at all: with
+    // the database out of reach, "check your email" would promise a mail that never comes.
+    // The same query runs for every address, so it tells nothing about which have accounts.
+    if !db::ping(&accounts.pool, accounts.settings.db_acquire_timeout).await {
+        return Err(ServiceError::Unexpected(
+            anyhow::Error::new(db::Unavailable)
+                .context("checking the database before a reset request"),
+        )
+        .into());
+    }
+    let task_accounts = accounts.clone();
+    let task_email = email.clone();
+    let task_origin = origin.clone();
+    accounts.tasks.spawn(async move {
+        if let Err(err) = request_reset(&task_accounts, &task_email, &task_origin).await {
+            tracing::error!(
+                error = format!("{err:#}"),
+                "requesting a password reset failed"
+            );
+        }
+    });
+    Ok(email)
+}
+
 /// Issues a token and queues its mail, if the address has an account and has not had too
 /// many links this hour. Says nothing about which happened: the caller answers the same
 /// page either way, and runs this off the request path so the answer takes the same time.
 #[tracing::instrument(skip_all, fields(user_id = tracing::field::Empty))]
 pub async fn request_reset(
-    state: &AppState,
+    accounts: &Accounts,
     email: &EmailAddress,
     origin: &Origin,
 ) -> anyhow::Result<()> {
-    let Some(user) = users::find_by_email(&state.pool, email).await? else {
+    let Some(user) = users::find_by_email(&accounts.pool, email).await? else {
         return Ok(());
     };
     tracing::Span::current().record("user_id", tracing::field::display(user.id));
     // One request per account at a time: with the account's row locked, the count, the
     // voiding of older links, the new link and its mail happen as one step, so however
     // many requests race, the hourly limit holds and only the newest link is live.
-    let mut tx = state.pool.begin().await?;
+    let mut tx = accounts.pool.begin().await?;
     if !reset_tokens::lock_account(&mut tx, user.id).await? {
         return Ok(());
     }
     if reset_tokens::count_recent(&mut *tx, user.id).await?
-        >= state.config.throttle.reset_mails_per_hour
+        >= accounts.settings.throttle.reset_mails_per_hour
     {
         tracing::info!("reset mail limit reached for the account; nothing sent");
         return Ok(());
     }
     let token = ResetToken::generate();
-    let ttl = state.config.reset_token_ttl_secs;
+    let ttl = accounts.settings.reset_token_ttl_secs;
     let link = format!(
         "{}/reset-password?token={}",
-        state.config.public_base(),
+        &accounts.settings.public_base,
         token.expose()
     );
     let mail = messages::reset(&user.email, &link, ttl, origin)?;
     reset_tokens::insert(&mut tx, user.id, &token.digest(), ttl, origin.ip.as_deref()).await?;
-    state.outbox.enqueue(&mut tx, &mail).await?;
+    accounts.outbox.enqueue(&mut tx, &mail).await?;
     audit::record(
         &mut *tx,
         EventKind::ResetRequested,
@@ -61,7 +108,7 @@ pub async fn request_reset(
     )
     .await?;
     tx.commit().await?;
-    state.outbox.notify();
+    accounts.outbox.notify();
     Ok(())
 }
 
@@ -85,7 +132,7 @@ pub enum ResetError {
     #[error("the two-factor code is wrong")]
     WrongCode,
     #[error(transparent)]
-    Failure(#[from] Failure),
+    Service(#[from] ServiceError),
 }
 
 impl From<sqlx::Error> for ResetError {
@@ -96,21 +143,21 @@ impl From<sqlx::Error> for ResetError {
 
 impl From<anyhow::Error> for ResetError {
     fn from(e: anyhow::Error) -> Self {
-        ResetError::Failure(Failure::Unexpected(e))
+        ResetError::Service(ServiceError::Unexpected(e))
     }
 }
 
 /// The account a link belongs to, while the link is usable. Opening a link (which mail
 /// scanners do too) goes through here and never consumes it.
-pub async fn check_link(state: &AppState, token: &str) -> Result<users::User, ResetError> {
+pub async fn check_link(accounts: &Accounts, token: &str) -> Result<users::User, ResetError> {
     let token = ResetToken::parse(token).ok_or(ResetError::Token(TokenProblem::Invalid))?;
-    let user_id = match reset_tokens::peek(&state.pool, &token.digest()).await? {
+    let user_id = match reset_tokens::peek(&accounts.pool, &token.digest()).await? {
         TokenState::Usable { user_id } => user_id,
         TokenState::Expired => return Err(ResetError::Token(TokenProblem::Expired)),
         TokenState::Used => return Err(ResetError::Token(TokenProblem::Used)),
         TokenState::Unknown => return Err(ResetError::Token(TokenProblem::Invalid)),
     };
-    users::find_by_id(&state.pool, user_id)
+    users::find_by_id(&accounts.pool, user_id)
         .await?
         .ok_or(ResetError::Token(TokenProblem::Invalid))
 }
@@ -123,20 +170,20 @@ const CODE_ATTEMPTS_PER_TOKEN: i32 = 5;
 /// Never signs anyone in.
 #[tracing::instrument(skip_all, fields(user_id = tracing::field::Empty))]
 pub async fn complete_reset(
-    state: &AppState,
+    accounts: &Accounts,
     token: &str,
     new_password: &str,
     confirm: &str,
     totp_code: &str,
     origin: &Origin,
 ) -> Result<(), ResetError> {
-    let user = check_link(state, token).await?;
+    let user = check_link(accounts, token).await?;
     tracing::Span::current().record("user_id", tracing::field::display(user.id));
     let ctx = PolicyContext {
         email: &user.email,
         two_factor: user.has_two_factor(),
     };
-    let password = super::check_new_password(state, &ctx, new_password, confirm)
+    let password = super::check_new_password(accounts, &ctx, new_password, confirm)
         .await?
         .map_err(ResetError::Policy)?;
     let digest = ResetToken::parse(token)
@@ -144,13 +191,13 @@ pub async fn complete_reset(
         .digest();
     // A stolen mailbox alone must not be enough: the second factor is asked here too.
     if user.has_two_factor() {
-        match two_factor::check_code(state, &user, totp_code).await {
+        match two_factor::check_code(accounts, &user, totp_code).await {
             Ok(()) => {}
             Err(TwoFactorError::WrongCode) => {
-                reset_tokens::record_code_failure(&state.pool, &digest, CODE_ATTEMPTS_PER_TOKEN)
+                reset_tokens::record_code_failure(&accounts.pool, &digest, CODE_ATTEMPTS_PER_TOKEN)
                     .await?;
                 audit::record(
-                    &state.pool,
+                    &accounts.pool,
                     EventKind::SignInFailed,
                     Some(user.id),
                     Some(&user.email),
@@ -160,28 +207,35 @@ pub async fn complete_reset(
                 .await?;
                 return Err(ResetError::WrongCode);
             }
-            Err(TwoFactorError::Failure(failure)) => return Err(failure.into()),
+            Err(TwoFactorError::Service(failure)) => return Err(failure.into()),
             Err(other) => return Err(anyhow::anyhow!("checking a reset code: {other}").into()),
         }
     }
-    let hash = state
+    let hash = accounts
         .hasher
         .hash(SecretString::from(password.expose().to_owned()))
         .await
-        .map_err(Failure::from)?;
+        .map_err(ServiceError::from)?;
 
-    let mut tx = state.pool.begin().await?;
+    let mut tx = accounts.pool.begin().await?;
     // The token may have been used or expired while we hashed: the consume decides.
     if reset_tokens::consume(&mut tx, &digest).await?.is_none() {
         return Err(ResetError::Token(TokenProblem::Used));
     }
-    store_new_password(state, &mut tx, &user, &hash, How::Reset, origin)
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("a reset is never refused for a newer password"))?;
+    set_password(
+        accounts,
+        &mut tx,
+        &user,
+        &hash,
+        Replacement::ByResetLink,
+        origin,
+    )
+    .await?
+    .ok_or_else(|| anyhow::anyhow!("a reset is never refused for a newer password"))?;
     // Whoever made the account wait (wrong guesses by someone else, say) must not keep
     // its owner out once the owner has set a new password through the mailed link.
     throttle::clear(&mut tx, &user.email_key, false).await?;
     tx.commit().await?;
-    state.outbox.notify();
+    accounts.outbox.notify();
     Ok(())
 }

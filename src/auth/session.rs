@@ -1,28 +1,15 @@
-//! The typed session: every key the app stores, and the moves that keep sessions safe.
+//! Sessions as the account rules see them: who a session says is signed in and with which
+//! password, whether that still holds, and signing sessions out with their audit rows.
+//! The session itself (cookie, id, stored keys) is `web::session`; here it is only values
+//! and the id's digest.
 
-use tower_sessions::Session;
-use tower_sessions::session::Id;
 use uuid::Uuid;
 
-use super::Origin;
+use super::{Accounts, Origin};
+use crate::domain::SessionDigest;
+use crate::store::audit::{self, EventKind};
 use crate::store::sessions;
-use crate::store::users::User;
-
-const USER_ID: &str = "user_id";
-const IP: &str = "ip";
-const USER_AGENT: &str = "user_agent";
-const SIGNED_IN_AT: &str = "signed_in_at";
-/// The account's `password_changed_at` when this session began (or last re-recorded it),
-/// as microseconds since the epoch (Postgres's precision, and what migration 0004 writes
-/// for older sessions): a session is worth only as much as the password it was opened with.
-const PASSWORD_SET_AT: &str = "password_set_at";
-const PENDING_USER_ID: &str = "pending_user_id";
-const PENDING_UNTIL: &str = "pending_until";
-const PENDING_NEXT: &str = "pending_next";
-const PENDING_PASSWORD_SET_AT: &str = "pending_password_set_at";
-
-/// How long a correct password waits for its second factor.
-const SECOND_STEP_SECS: i64 = 300;
+use crate::store::users::{self, User};
 
 /// A half-signed-in session: whose, where to go after, and the password it began with.
 #[derive(Debug, Clone)]
@@ -41,6 +28,14 @@ pub struct SignedIn {
 }
 
 impl SignedIn {
+    /// What a session recorded: its user, and the [`password_stamp`] it began with.
+    pub fn new(user_id: Uuid, password_set_at: Option<i64>) -> SignedIn {
+        SignedIn {
+            user_id,
+            password_set_at,
+        }
+    }
+
     /// Whether this session began with the password set at `password_changed_at` (the
     /// account's current one).
     pub fn began_with(&self, password_changed_at: time::OffsetDateTime) -> bool {
@@ -48,163 +43,116 @@ impl SignedIn {
     }
 }
 
-/// How a session records a `password_changed_at`.
-fn password_stamp(at: time::OffsetDateTime) -> i64 {
+/// How a session records a `password_changed_at`: microseconds since the epoch
+/// (Postgres's precision, and what migration 0004 writes for older sessions).
+pub fn password_stamp(at: time::OffsetDateTime) -> i64 {
     // Microseconds since the epoch fit an i64 for ±292,000 years.
     i64::try_from(at.unix_timestamp_nanos() / 1_000).unwrap_or(i64::MIN)
 }
 
-#[derive(Clone)]
-pub struct AuthSession(Session);
-
-fn err(e: tower_sessions::session::Error) -> anyhow::Error {
-    match e {
-        // An outage answers 503 like every other query that cannot reach the database.
-        tower_sessions::session::Error::Store(store) if sessions::is_unavailable(&store) => {
-            anyhow::Error::new(crate::db::Unavailable).context(format!("session store: {store}"))
-        }
-        other => anyhow::anyhow!("session store: {other}"),
-    }
+/// Who a session belongs to now.
+#[derive(Debug)]
+pub enum SessionHolder {
+    /// Nobody signed in.
+    Nobody,
+    /// The account, whose current password the session began with.
+    SignedIn(User),
+    /// The account is gone, or its password was reset or changed since the session
+    /// began: the session is over and must be signed out.
+    Ended,
 }
 
-impl AuthSession {
-    pub fn new(session: Session) -> AuthSession {
-        AuthSession(session)
+/// The signed-in person of a session, checked against the account's current password,
+/// and the session's "last active" refreshed (at most about once a minute).
+pub async fn current_user(
+    accounts: &Accounts,
+    signed_in: Option<SignedIn>,
+    session: Option<&SessionDigest>,
+) -> anyhow::Result<SessionHolder> {
+    let Some(signed_in) = signed_in else {
+        return Ok(SessionHolder::Nobody);
+    };
+    let Some(user) = users::find_by_id(&accounts.pool, signed_in.user_id).await? else {
+        return Ok(SessionHolder::Ended);
+    };
+    // Bound to the password it began with: after a reset or a change (even one that
+    // committed while this session's sign-in was still verifying the old password),
+    // the session is over, on every instance.
+    if !signed_in.began_with(user.password_changed_at) {
+        return Ok(SessionHolder::Ended);
     }
+    if let Some(digest) = session {
+        let s = &accounts.settings;
+        sessions::touch(&accounts.pool, digest, s.session_idle, s.session_absolute).await?;
+    }
+    Ok(SessionHolder::SignedIn(user))
+}
 
-    pub async fn user_id(&self) -> anyhow::Result<Option<Uuid>> {
-        self.0.get::<Uuid>(USER_ID).await.map_err(err)
+/// Records a sign-out of `user_id`'s session (when the session had one); the caller then
+/// ends the session itself.
+pub async fn record_sign_out(
+    accounts: &Accounts,
+    user_id: Option<Uuid>,
+    origin: &Origin,
+) -> anyhow::Result<()> {
+    if let Some(user_id) = user_id {
+        audit::record(
+            &accounts.pool,
+            EventKind::SignOut,
+            Some(user_id),
+            None,
+            origin,
+            None,
+        )
+        .await?;
     }
+    Ok(())
+}
 
-    /// Who is signed in here, and with which password; the caller compares it with the
-    /// account's current one.
-    pub async fn signed_in(&self) -> anyhow::Result<Option<SignedIn>> {
-        let Some(user_id) = self.user_id().await? else {
-            return Ok(None);
-        };
-        let password_set_at = self.0.get::<i64>(PASSWORD_SET_AT).await.map_err(err)?;
-        Ok(Some(SignedIn {
-            user_id,
-            password_set_at,
-        }))
-    }
+/// Signs out every session of the account but `keep`, with its audit row, in one
+/// transaction; returns how many live sessions went.
+pub async fn sign_out_others(
+    accounts: &Accounts,
+    user: &User,
+    keep: Option<&SessionDigest>,
+    origin: &Origin,
+) -> anyhow::Result<u64> {
+    let mut tx = accounts.pool.begin().await?;
+    let count = sessions::delete_for_user(&mut tx, user.id, keep).await?;
+    audit::record(
+        &mut *tx,
+        EventKind::SessionsRevoked,
+        Some(user.id),
+        Some(&user.email),
+        origin,
+        Some(&format!("{count} sessions")),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(count)
+}
 
-    /// The id this session's cookie will carry after this request, loading the session
-    /// first: `None` when the cookie named no live session (the answer removes it).
-    pub async fn cookie_id(&self) -> Option<Id> {
-        // When the store cannot be reached the session stays unloaded and the answer
-        // leaves the cookie alone, so it is the cookie's id; whatever needs the session
-        // meets the outage itself.
-        let _ = self.0.get_value(USER_ID).await;
-        self.0.id()
+/// Signs out the account's session named by `public_id`, with its audit row, in one
+/// transaction; whether there was one.
+pub async fn sign_out_one(
+    accounts: &Accounts,
+    user: &User,
+    public_id: Uuid,
+    origin: &Origin,
+) -> anyhow::Result<bool> {
+    let mut tx = accounts.pool.begin().await?;
+    if !sessions::delete_one(&mut tx, user.id, public_id).await? {
+        return Ok(false);
     }
-
-    /// Opens a signed-in session under a fresh id, so an id planted before sign-in
-    /// (session fixation) is worth nothing. `password_set_at` is the account's
-    /// `password_changed_at` from the row whose hash the password was verified against:
-    /// a reset or change committed meanwhile makes this session worthless on arrival.
-    pub async fn sign_in(
-        &self,
-        user_id: Uuid,
-        password_set_at: time::OffsetDateTime,
-        origin: &Origin,
-    ) -> anyhow::Result<()> {
-        self.0.cycle_id().await.map_err(err)?;
-        for key in [
-            PENDING_USER_ID,
-            PENDING_UNTIL,
-            PENDING_NEXT,
-            PENDING_PASSWORD_SET_AT,
-        ] {
-            self.0.remove_value(key).await.map_err(err)?;
-        }
-        self.0.insert(USER_ID, user_id).await.map_err(err)?;
-        self.0
-            .insert(PASSWORD_SET_AT, password_stamp(password_set_at))
-            .await
-            .map_err(err)?;
-        self.0.insert(IP, &origin.ip).await.map_err(err)?;
-        self.0
-            .insert(USER_AGENT, &origin.user_agent)
-            .await
-            .map_err(err)?;
-        let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        self.0.insert(SIGNED_IN_AT, now).await.map_err(err)?;
-        Ok(())
-    }
-
-    /// After a correct password on an account with two-factor: a half-signed-in session,
-    /// under a fresh id, that reaches nothing but the second step, for five minutes.
-    pub async fn begin_second_step(&self, user: &User, next: Option<&str>) -> anyhow::Result<()> {
-        self.0.cycle_id().await.map_err(err)?;
-        self.0.insert(PENDING_USER_ID, user.id).await.map_err(err)?;
-        let until = time::OffsetDateTime::now_utc().unix_timestamp() + SECOND_STEP_SECS;
-        self.0.insert(PENDING_UNTIL, until).await.map_err(err)?;
-        self.0.insert(PENDING_NEXT, next).await.map_err(err)?;
-        // The password this step was started with: a reset or change in the meantime
-        // ends the half-signed-in session like every other one.
-        self.0
-            .insert(PENDING_PASSWORD_SET_AT, user.password_changed_at)
-            .await
-            .map_err(err)?;
-        Ok(())
-    }
-
-    /// The account waiting for its second step, and where to go after, while in time.
-    pub async fn pending_second_step(&self) -> anyhow::Result<Option<PendingSecondStep>> {
-        let Some(user_id) = self.0.get::<Uuid>(PENDING_USER_ID).await.map_err(err)? else {
-            return Ok(None);
-        };
-        let until = self
-            .0
-            .get::<i64>(PENDING_UNTIL)
-            .await
-            .map_err(err)?
-            .unwrap_or(0);
-        if time::OffsetDateTime::now_utc().unix_timestamp() > until {
-            return Ok(None);
-        }
-        let Some(password_set_at) = self
-            .0
-            .get::<time::OffsetDateTime>(PENDING_PASSWORD_SET_AT)
-            .await
-            .map_err(err)?
-        else {
-            return Ok(None);
-        };
-        let next = self
-            .0
-            .get::<Option<String>>(PENDING_NEXT)
-            .await
-            .map_err(err)?
-            .flatten();
-        Ok(Some(PendingSecondStep {
-            user_id,
-            next,
-            password_set_at,
-        }))
-    }
-
-    /// Deletes the session row and clears the cookie.
-    pub async fn sign_out(&self) -> anyhow::Result<()> {
-        self.0.flush().await.map_err(err)
-    }
-
-    /// After this session set a new password itself (change, or turning two-factor off
-    /// with a new one): a new id, and the new password recorded, so this session goes on
-    /// while every one begun with the old password is refused.
-    pub async fn rotate_for_password(
-        &self,
-        password_set_at: time::OffsetDateTime,
-    ) -> anyhow::Result<()> {
-        self.0.cycle_id().await.map_err(err)?;
-        self.0
-            .insert(PASSWORD_SET_AT, password_stamp(password_set_at))
-            .await
-            .map_err(err)
-    }
-
-    pub fn id(&self) -> Option<Id> {
-        self.0.id()
-    }
+    audit::record(
+        &mut *tx,
+        EventKind::SessionsRevoked,
+        Some(user.id),
+        Some(&user.email),
+        origin,
+        Some("1 session"),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(true)
 }

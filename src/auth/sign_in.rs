@@ -3,8 +3,8 @@
 use secrecy::SecretString;
 
 use super::passwords::{HashError, Verified};
-use super::{Failure, Origin, throttle};
-use crate::app::AppState;
+use super::throttle::{self, IpScope};
+use super::{Accounts, Origin, ServiceError};
 use crate::domain::EmailAddress;
 use crate::domain::password::{MAX_PASSWORD_BYTES, normalize};
 use crate::store::audit::{self, EventKind};
@@ -16,25 +16,37 @@ pub enum SignInError {
     #[error("incorrect email or password")]
     InvalidCredentials,
     #[error(transparent)]
-    Failure(#[from] Failure),
+    Service(#[from] ServiceError),
 }
 
 impl From<anyhow::Error> for SignInError {
     fn from(e: anyhow::Error) -> Self {
-        SignInError::Failure(Failure::Unexpected(e))
+        SignInError::Service(ServiceError::Unexpected(e))
     }
 }
 
-/// Checks an address and password. Every attempt reserves a failure on the address before
-/// any hashing (refused while the address waits out a delay); a right password gives it
-/// back.
+/// A right password, and what is left to do.
+#[derive(Debug)]
+pub enum SignInOutcome {
+    /// Signed in: the failures on the address are forgotten and the sign-in recorded.
+    Complete(User),
+    /// The account has two-factor: only the second step completes the sign-in.
+    NeedsSecondFactor(User),
+}
+
+/// Checks an address and password. The attempt counts against the client's IP first
+/// (`LATCHKEY_IP_RATE_LIMIT`); then every attempt reserves a failure on the address
+/// before any hashing (refused while the address waits out a delay); a right password
+/// gives it back.
 #[tracing::instrument(skip_all, fields(user_id = tracing::field::Empty))]
 pub async fn sign_in(
-    state: &AppState,
+    accounts: &Accounts,
     email_input: &str,
     password: &str,
     origin: &Origin,
-) -> Result<User, SignInError> {
+) -> Result<SignInOutcome, SignInError> {
+    let ip = origin.ip.clone().unwrap_or_default();
+    throttle::check_ip(accounts, IpScope::SignIn, &ip).await?;
     // A malformed address or an absurd password cannot match any account, and saying so
     // reveals nothing about which accounts exist.
     let Ok(email) = EmailAddress::parse(email_input) else {
@@ -45,10 +57,10 @@ pub async fn sign_in(
         return Err(SignInError::InvalidCredentials);
     }
     let key = email.key();
-    let reservation = throttle::reserve(state, &key).await?;
+    let reservation = throttle::reserve(accounts, &key).await?;
 
-    let user = users::find_by_email(&state.pool, &email).await?;
-    let verified = match state
+    let user = users::find_by_email(&accounts.pool, &email).await?;
+    let verified = match accounts
         .hasher
         .verify(
             SecretString::from(password),
@@ -60,9 +72,9 @@ pub async fn sign_in(
         Err(err) => {
             // A full queue checked nothing: the attempt is not a failure.
             if matches!(err, HashError::Busy) {
-                reservation.give_back(state).await?;
+                reservation.give_back(accounts).await?;
             }
-            return Err(Failure::from(err).into());
+            return Err(ServiceError::from(err).into());
         }
     };
 
@@ -70,17 +82,18 @@ pub async fn sign_in(
         (Verified::Yes { rehash }, Some(user)) => {
             tracing::Span::current().record("user_id", tracing::field::display(user.id));
             if let Some(new_hash) = rehash {
-                users::upgrade_hash(&state.pool, user.id, &user.password_hash, &new_hash).await?;
+                users::upgrade_hash(&accounts.pool, user.id, &user.password_hash, &new_hash)
+                    .await?;
             }
             // With two-factor, only the completed second step clears failures and counts
             // as a sign-in; the right password only takes back its own reservation.
             if user.has_two_factor() {
-                reservation.give_back(state).await?;
-                return Ok(user);
+                reservation.give_back(accounts).await?;
+                return Ok(SignInOutcome::NeedsSecondFactor(user));
             }
-            reservation.clear(state).await?;
+            reservation.clear(accounts).await?;
             audit::record(
-                &state.pool,
+                &accounts.pool,
                 EventKind::SignIn,
                 Some(user.id),
                 Some(&user.email),
@@ -89,12 +102,12 @@ pub async fn sign_in(
             )
             .await?;
             metrics::counter!("latchkey_sign_in_total", "outcome" => "success").increment(1);
-            Ok(user)
+            Ok(SignInOutcome::Complete(user))
         }
         (_, user) => {
-            reservation.fail(state).await?;
+            reservation.fail(accounts).await?;
             audit::record(
-                &state.pool,
+                &accounts.pool,
                 EventKind::SignInFailed,
                 user.as_ref().map(|u| u.id),
                 Some(email.as_str()),

@@ -11,8 +11,7 @@ use std::time::Duration;
 
 use time::OffsetDateTime;
 
-use super::Failure;
-use crate::app::AppState;
+use super::{Accounts, ServiceError};
 use crate::store::throttle::{self, Delays};
 
 /// The actions counted per IP.
@@ -34,16 +33,16 @@ impl IpScope {
 /// Counts one attempt from `ip`; refuses it past `LATCHKEY_IP_RATE_LIMIT` per minute.
 /// The decision is the count the one counting statement returned, so concurrent attempts
 /// cannot all see the same count.
-pub async fn check_ip(state: &AppState, scope: IpScope, ip: &str) -> Result<(), Failure> {
-    let limit = state.config.ip_rate_limit;
+pub async fn check_ip(accounts: &Accounts, scope: IpScope, ip: &str) -> Result<(), ServiceError> {
+    let limit = accounts.settings.ip_rate_limit;
     if limit == 0 {
         return Ok(());
     }
     let key = ip_key(ip);
-    let (attempts, window_end) = throttle::hit_ip(&state.pool, scope.as_str(), &key).await?;
+    let (attempts, window_end) = throttle::hit_ip(&accounts.pool, scope.as_str(), &key).await?;
     if attempts > i32::try_from(limit).unwrap_or(i32::MAX) {
         metrics::counter!("latchkey_throttled_total", "kind" => "ip").increment(1);
-        return Err(Failure::Throttled {
+        return Err(ServiceError::Throttled {
             retry_after: until(window_end),
         });
     }
@@ -67,8 +66,8 @@ fn ip_key(ip: &str) -> String {
     }
 }
 
-fn delays(state: &AppState) -> Delays {
-    let t = &state.config.throttle;
+fn delays(accounts: &Accounts) -> Delays {
+    let t = &accounts.settings.throttle;
     Delays {
         free: t.free_failures,
         base_secs: t.base_delay_secs,
@@ -93,18 +92,24 @@ pub struct Reservation {
 /// has an account. Refused with `Throttled` while the address waits out its delay; while
 /// only attempts in flight hold it (as many as failures remain free), it waits for them
 /// to settle, since each may turn out not to be a failure.
-pub async fn reserve(state: &AppState, email_key: &str) -> Result<Reservation, Failure> {
+pub async fn reserve(accounts: &Accounts, email_key: &str) -> Result<Reservation, ServiceError> {
     let started = tokio::time::Instant::now();
     loop {
-        if throttle::reserve(&state.pool, email_key, state.config.throttle.free_failures).await? {
+        if throttle::reserve(
+            &accounts.pool,
+            email_key,
+            accounts.settings.throttle.free_failures,
+        )
+        .await?
+        {
             return Ok(Reservation {
                 email_key: email_key.to_owned(),
             });
         }
-        let blocked = throttle::blocked_until(&state.pool, email_key).await?;
+        let blocked = throttle::blocked_until(&accounts.pool, email_key).await?;
         if blocked.is_some() || started.elapsed() >= HOLD_AT_MOST {
             metrics::counter!("latchkey_throttled_total", "kind" => "account").increment(1);
-            return Err(Failure::Throttled {
+            return Err(ServiceError::Throttled {
                 retry_after: blocked.map_or(Duration::from_secs(1), until),
             });
         }
@@ -118,26 +123,26 @@ pub async fn reserve(state: &AppState, email_key: &str) -> Result<Reservation, F
 impl Reservation {
     /// The attempt failed: one more failure on record, and a delay from the free
     /// failures on.
-    pub async fn fail(self, state: &AppState) -> anyhow::Result<()> {
-        throttle::settle_failure(&state.pool, &self.email_key, delays(state)).await
+    pub async fn fail(self, accounts: &Accounts) -> anyhow::Result<()> {
+        throttle::settle_failure(&accounts.pool, &self.email_key, delays(accounts)).await
     }
 
     /// The attempt was not a failure (a right password, a right code, or never checked
     /// because the hashing queue was full): nothing is counted.
-    pub async fn give_back(self, state: &AppState) -> anyhow::Result<()> {
-        throttle::give_back(&state.pool, &self.email_key).await
+    pub async fn give_back(self, accounts: &Accounts) -> anyhow::Result<()> {
+        throttle::give_back(&accounts.pool, &self.email_key).await
     }
 
     /// The attempt completed a sign-in: the address's failures are forgotten.
-    pub async fn clear(self, state: &AppState) -> anyhow::Result<()> {
-        let mut conn = state.pool.acquire().await?;
+    pub async fn clear(self, accounts: &Accounts) -> anyhow::Result<()> {
+        let mut conn = accounts.pool.acquire().await?;
         throttle::clear(&mut conn, &self.email_key, true).await
     }
 }
 
 /// Forgets the address's failures (after a password change).
-pub async fn clear(state: &AppState, email_key: &str) -> anyhow::Result<()> {
-    let mut conn = state.pool.acquire().await?;
+pub async fn clear(accounts: &Accounts, email_key: &str) -> anyhow::Result<()> {
+    let mut conn = accounts.pool.acquire().await?;
     throttle::clear(&mut conn, email_key, false).await
 }
 

@@ -12,10 +12,10 @@ use subtle::ConstantTimeEq;
 use totp_rs::{Algorithm, TOTP};
 use uuid::Uuid;
 
-use super::change::{How, store_new_password};
-use super::session::{AuthSession, PendingSecondStep};
-use super::{Failure, Origin, confirm_password, throttle};
-use crate::app::AppState;
+use super::session::PendingSecondStep;
+use super::set_password::{Replacement, set_password};
+use super::{Accounts, Origin, ServiceError, confirm_password, throttle};
+use crate::domain::SessionDigest;
 use crate::domain::password::{PolicyContext, PolicyViolation, normalize};
 use crate::mail::messages;
 use crate::store::audit::{self, EventKind};
@@ -178,12 +178,12 @@ pub enum TwoFactorError {
     #[error("two-factor authentication is not in the expected state")]
     WrongState,
     #[error(transparent)]
-    Failure(#[from] Failure),
+    Service(#[from] ServiceError),
 }
 
 impl From<anyhow::Error> for TwoFactorError {
     fn from(e: anyhow::Error) -> Self {
-        TwoFactorError::Failure(Failure::Unexpected(e))
+        TwoFactorError::Service(ServiceError::Unexpected(e))
     }
 }
 
@@ -194,10 +194,10 @@ impl From<sqlx::Error> for TwoFactorError {
 }
 
 /// The secret to show on the setup page: the pending one, or a new one.
-pub async fn pending_secret(state: &AppState, user: &User) -> anyhow::Result<TotpSecret> {
-    let row = store::load(&state.pool, user.id).await?;
+pub async fn pending_secret(accounts: &Accounts, user: &User) -> anyhow::Result<TotpSecret> {
+    let row = store::load(&accounts.pool, user.id).await?;
     if let Some(sealed) = row.totp_pending_enc {
-        if let Ok(secret) = open(&state.keys.totp, user.id, &sealed) {
+        if let Ok(secret) = open(&accounts.keys.totp, user.id, &sealed) {
             return Ok(secret);
         }
     }
@@ -205,9 +205,9 @@ pub async fn pending_secret(state: &AppState, user: &User) -> anyhow::Result<Tot
     // Not stored when the password changed since `user` was read: then the page goes to
     // a session that is already over, and nobody can confirm the key it shows.
     store::set_pending(
-        &state.pool,
+        &accounts.pool,
         user.id,
-        &seal(&state.keys.totp, user.id, &secret)?,
+        &seal(&accounts.keys.totp, user.id, &secret)?,
         user.password_changed_at,
     )
     .await?;
@@ -217,38 +217,42 @@ pub async fn pending_secret(state: &AppState, user: &User) -> anyhow::Result<Tot
 /// Checks a `totp_code` field: a current code (each accepted once) or an unused recovery
 /// code (used up now). Each check reserves a failure on the account's throttle first; a
 /// right code gives it back, a wrong one lets it stand.
-pub async fn check_code(state: &AppState, user: &User, code: &str) -> Result<(), TwoFactorError> {
-    check_code_reserved(state, user, code)
+pub async fn check_code(
+    accounts: &Accounts,
+    user: &User,
+    code: &str,
+) -> Result<(), TwoFactorError> {
+    check_code_reserved(accounts, user, code)
         .await?
-        .give_back(state)
+        .give_back(accounts)
         .await?;
     Ok(())
 }
 
 /// [`check_code`], leaving the right code's reservation to the caller.
 async fn check_code_reserved(
-    state: &AppState,
+    accounts: &Accounts,
     user: &User,
     code: &str,
 ) -> Result<throttle::Reservation, TwoFactorError> {
-    let reservation = throttle::reserve(state, &user.email_key).await?;
-    if verify_code(state, user, code).await? {
+    let reservation = throttle::reserve(accounts, &user.email_key).await?;
+    if verify_code(accounts, user, code).await? {
         return Ok(reservation);
     }
-    reservation.fail(state).await?;
+    reservation.fail(accounts).await?;
     Err(TwoFactorError::WrongCode)
 }
 
-async fn verify_code(state: &AppState, user: &User, code: &str) -> anyhow::Result<bool> {
+async fn verify_code(accounts: &Accounts, user: &User, code: &str) -> anyhow::Result<bool> {
     let digits: String = code.chars().filter(|c| !c.is_whitespace()).collect();
     if digits.len() == 6 && digits.bytes().all(|b| b.is_ascii_digit()) {
-        let row = store::load(&state.pool, user.id).await?;
+        let row = store::load(&accounts.pool, user.id).await?;
         let Some(sealed) = row.totp_secret_enc else {
             return Ok(false);
         };
-        let secret = open(&state.keys.totp, user.id, &sealed)?;
+        let secret = open(&accounts.keys.totp, user.id, &sealed)?;
         return match secret.matching_step(&user.email, &digits)? {
-            Some(step) => store::claim_step(&state.pool, user.id, step).await,
+            Some(step) => store::claim_step(&accounts.pool, user.id, step).await,
             None => Ok(false),
         };
     }
@@ -257,21 +261,21 @@ async fn verify_code(state: &AppState, user: &User, code: &str) -> anyhow::Resul
         return Ok(false);
     }
     store::use_recovery_code(
-        &state.pool,
+        &accounts.pool,
         user.id,
-        &recovery_hash(&state.keys.recovery, user.id, &normalized),
+        &recovery_hash(&accounts.keys.recovery, user.id, &normalized),
     )
     .await
 }
 
 async fn check_password(
-    state: &AppState,
+    accounts: &Accounts,
     user: &User,
     password: &str,
     origin: &Origin,
 ) -> Result<(), TwoFactorError> {
     if confirm_password(
-        state,
+        accounts,
         user,
         password,
         origin,
@@ -286,7 +290,7 @@ async fn check_password(
 }
 
 async fn notify(
-    state: &AppState,
+    accounts: &Accounts,
     conn: &mut sqlx::PgConnection,
     user: &User,
     kind: EventKind,
@@ -301,14 +305,15 @@ async fn notify(
         None,
     )
     .await?;
-    let mail = messages::security_change(&user.email, state.config.public_base(), kind, origin)?;
-    state.outbox.enqueue(conn, &mail).await?;
+    let mail =
+        messages::security_change(&user.email, &accounts.settings.public_base, kind, origin)?;
+    accounts.outbox.enqueue(conn, &mail).await?;
     Ok(())
 }
 
 /// Turns two-factor on with the pending secret; returns the recovery codes to show once.
 pub async fn enable(
-    state: &AppState,
+    accounts: &Accounts,
     user: &User,
     password: &str,
     code: &str,
@@ -317,36 +322,36 @@ pub async fn enable(
     if user.has_two_factor() {
         return Err(TwoFactorError::WrongState);
     }
-    check_password(state, user, password, origin).await?;
-    let row = store::load(&state.pool, user.id).await?;
+    check_password(accounts, user, password, origin).await?;
+    let row = store::load(&accounts.pool, user.id).await?;
     let Some(sealed) = row.totp_pending_enc else {
         return Err(TwoFactorError::WrongState);
     };
-    let secret = open(&state.keys.totp, user.id, &sealed)?;
+    let secret = open(&accounts.keys.totp, user.id, &sealed)?;
     let digits: String = code.chars().filter(|c| !c.is_whitespace()).collect();
-    let reservation = throttle::reserve(state, &user.email_key).await?;
+    let reservation = throttle::reserve(accounts, &user.email_key).await?;
     let Some(step) = secret.matching_step(&user.email, &digits)? else {
-        reservation.fail(state).await?;
+        reservation.fail(accounts).await?;
         return Err(TwoFactorError::WrongCode);
     };
-    reservation.give_back(state).await?;
+    reservation.give_back(accounts).await?;
     let codes = generate_recovery_codes();
     let hashes: Vec<Vec<u8>> = codes
         .iter()
-        .map(|c| recovery_hash(&state.keys.recovery, user.id, c))
+        .map(|c| recovery_hash(&accounts.keys.recovery, user.id, c))
         .collect();
-    let mut tx = state.pool.begin().await?;
+    let mut tx = accounts.pool.begin().await?;
     store::enable(&mut tx, user.id, &sealed, step).await?;
     store::replace_recovery_codes(&mut tx, user.id, &hashes).await?;
-    notify(state, &mut tx, user, EventKind::TwoFactorEnabled, origin).await?;
+    notify(accounts, &mut tx, user, EventKind::TwoFactorEnabled, origin).await?;
     tx.commit().await?;
-    state.outbox.notify();
+    accounts.outbox.notify();
     Ok(codes)
 }
 
 /// New recovery codes; the old ones stop working.
 pub async fn regenerate_recovery_codes(
-    state: &AppState,
+    accounts: &Accounts,
     user: &User,
     password: &str,
     code: &str,
@@ -355,17 +360,17 @@ pub async fn regenerate_recovery_codes(
     if !user.has_two_factor() {
         return Err(TwoFactorError::WrongState);
     }
-    check_password(state, user, password, origin).await?;
-    check_code(state, user, code).await?;
+    check_password(accounts, user, password, origin).await?;
+    check_code(accounts, user, code).await?;
     let codes = generate_recovery_codes();
     let hashes: Vec<Vec<u8>> = codes
         .iter()
-        .map(|c| recovery_hash(&state.keys.recovery, user.id, c))
+        .map(|c| recovery_hash(&accounts.keys.recovery, user.id, c))
         .collect();
-    let mut tx = state.pool.begin().await?;
+    let mut tx = accounts.pool.begin().await?;
     store::replace_recovery_codes(&mut tx, user.id, &hashes).await?;
     notify(
-        state,
+        accounts,
         &mut tx,
         user,
         EventKind::RecoveryCodesRegenerated,
@@ -373,28 +378,29 @@ pub async fn regenerate_recovery_codes(
     )
     .await?;
     tx.commit().await?;
-    state.outbox.notify();
+    accounts.outbox.notify();
     Ok(codes)
 }
 
 /// Turns two-factor off. When the current password is shorter than the single-factor
 /// minimum, a new password must come with the request and is set in the same transaction,
-/// as a password change: every session but `session` is signed out, and `session` goes on
-/// under a new id, bound to the new password.
+/// as a password change: every session but `session` (the one asking) is signed out. Then
+/// it returns the new `password_changed_at`, and the caller moves `session` to a new id
+/// bound to it.
 pub async fn disable(
-    state: &AppState,
+    accounts: &Accounts,
     user: &User,
-    session: &AuthSession,
+    session: Option<&SessionDigest>,
     password: &str,
     code: &str,
     new_password: Option<(&str, &str)>,
     origin: &Origin,
-) -> Result<(), TwoFactorError> {
+) -> Result<Option<time::OffsetDateTime>, TwoFactorError> {
     if !user.has_two_factor() {
         return Err(TwoFactorError::WrongState);
     }
-    check_password(state, user, password, origin).await?;
-    let short = normalize(password).chars().count() < state.policy.min_len_single_factor;
+    check_password(accounts, user, password, origin).await?;
+    let short = normalize(password).chars().count() < accounts.policy.min_len_single_factor;
     let replacement = match (short, new_password) {
         (false, _) => None,
         (true, None) => return Err(TwoFactorError::NeedsNewPassword),
@@ -403,33 +409,32 @@ pub async fn disable(
                 email: &user.email,
                 two_factor: false,
             };
-            let parsed = super::check_new_password(state, &ctx, new, confirm)
+            let parsed = super::check_new_password(accounts, &ctx, new, confirm)
                 .await?
                 .map_err(TwoFactorError::Policy)?;
             Some(parsed)
         }
     };
-    check_code(state, user, code).await?;
+    check_code(accounts, user, code).await?;
     let hash = match replacement {
         Some(password) => Some(
-            state
+            accounts
                 .hasher
                 .hash(SecretString::from(password.expose().to_owned()))
                 .await
-                .map_err(Failure::from)?,
+                .map_err(ServiceError::from)?,
         ),
         None => None,
     };
-    let current_id = session.id();
-    let mut tx = state.pool.begin().await?;
+    let mut tx = accounts.pool.begin().await?;
     store::disable(&mut tx, user.id).await?;
     let stored = match hash {
         Some(hash) => {
-            let how = How::Change {
-                keep: current_id.as_ref(),
+            let replacement = Replacement::ByOwner {
+                keep: session,
                 verified_with: user.password_changed_at,
             };
-            match store_new_password(state, &mut tx, user, &hash, how, origin).await? {
+            match set_password(accounts, &mut tx, user, &hash, replacement, origin).await? {
                 Some(stored) => Some(stored),
                 // Reset or changed elsewhere since the password was checked: this
                 // session is over (the next page sends it to sign in); nothing changes.
@@ -438,33 +443,37 @@ pub async fn disable(
         }
         None => None,
     };
-    notify(state, &mut tx, user, EventKind::TwoFactorDisabled, origin).await?;
+    notify(
+        accounts,
+        &mut tx,
+        user,
+        EventKind::TwoFactorDisabled,
+        origin,
+    )
+    .await?;
     tx.commit().await?;
-    state.outbox.notify();
-    if let Some(stored) = stored {
-        session.rotate_for_password(stored.password_set_at).await?;
-    }
-    Ok(())
+    accounts.outbox.notify();
+    Ok(stored.map(|stored| stored.password_set_at))
 }
 
 /// The second step of signing in: a correct code completes it, clears the account's
 /// failed attempts and records the sign-in.
 pub async fn complete_sign_in(
-    state: &AppState,
+    accounts: &Accounts,
     pending: &PendingSecondStep,
     code: &str,
     origin: &Origin,
 ) -> Result<User, TwoFactorError> {
-    let user = users::find_by_id(&state.pool, pending.user_id)
+    let user = users::find_by_id(&accounts.pool, pending.user_id)
         .await?
         .filter(|user| user.password_changed_at == pending.password_set_at)
         .ok_or(TwoFactorError::WrongState)?;
-    let reservation = match check_code_reserved(state, &user, code).await {
+    let reservation = match check_code_reserved(accounts, &user, code).await {
         Ok(reservation) => reservation,
         Err(err) => {
             if matches!(err, TwoFactorError::WrongCode) {
                 audit::record(
-                    &state.pool,
+                    &accounts.pool,
                     EventKind::SignInFailed,
                     Some(user.id),
                     Some(&user.email),
@@ -476,9 +485,9 @@ pub async fn complete_sign_in(
             return Err(err);
         }
     };
-    reservation.clear(state).await?;
+    reservation.clear(accounts).await?;
     audit::record(
-        &state.pool,
+        &accounts.pool,
         EventKind::SignIn,
         Some(user.id),
         Some(&user.email),
@@ -490,8 +499,8 @@ pub async fn complete_sign_in(
     Ok(user)
 }
 
-pub async fn unused_recovery_codes(state: &AppState, user: &User) -> anyhow::Result<i64> {
-    store::unused_recovery_codes(&state.pool, user.id).await
+pub async fn unused_recovery_codes(accounts: &Accounts, user: &User) -> anyhow::Result<i64> {
+    store::unused_recovery_codes(&accounts.pool, user.id).await
 }
 
 #[cfg(test)]

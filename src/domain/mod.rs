@@ -3,7 +3,11 @@
 pub mod email;
 pub mod next;
 pub mod password;
+pub mod session;
 pub mod token;
+pub mod user_agent;
 
 pub use email::EmailAddress;
 pub use next::SafeNext;
+pub use session::SessionDigest;
+pub use user_agent::describe_user_agent;

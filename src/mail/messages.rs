@@ -5,9 +5,8 @@ use askama::Template;
 use time::OffsetDateTime;
 
 use super::OutgoingMail;
-use crate::auth::Origin;
-use crate::store::audit::EventKind;
-use crate::web::browser::describe_user_agent;
+use crate::domain::describe_user_agent;
+use crate::store::audit::{EventKind, Origin};
 
 /// Where and when something happened, as the mail tells it.
 struct Circumstances {

@@ -196,12 +196,12 @@ async fn deliver_next(
     // Rows queued before migration 0005 hold their bodies in clear; they still go out.
     let bodies = match (&due.body_enc, due.text_body) {
         (Some(sealed), _) => open(key, &due.to_address, sealed)
-            .map_err(|err| Failure::Permanent("undecryptable", anyhow::Error::new(err))),
+            .map_err(|err| DeliveryFailure::Permanent("undecryptable", anyhow::Error::new(err))),
         (None, Some(text)) => Ok(Bodies {
             text,
             html: due.html_body,
         }),
-        (None, None) => Err(Failure::Permanent(
+        (None, None) => Err(DeliveryFailure::Permanent(
             "invalid_message",
             anyhow::anyhow!("pending mail has no body"),
         )),
@@ -214,7 +214,10 @@ async fn deliver_next(
                 text: bodies.text,
                 html: bodies.html,
             };
-            transport.send(from, &mail).await.map_err(Failure::classify)
+            transport
+                .send(from, &mail)
+                .await
+                .map_err(DeliveryFailure::classify)
         }
         Err(failure) => Err(failure),
     };
@@ -233,7 +236,7 @@ async fn deliver_next(
             .await
             .context("marking mail sent")?;
         }
-        Err(Failure::Transient(class, err)) if failed_attempts < MAX_ATTEMPTS => {
+        Err(DeliveryFailure::Transient(class, err)) if failed_attempts < MAX_ATTEMPTS => {
             let error = describe(&err);
             metrics::counter!("latchkey_mail_delivery_failures_total", "class" => class, "outcome" => "retry").increment(1);
             let delay = retry_delay(failed_attempts);
@@ -261,7 +264,7 @@ async fn deliver_next(
             .await
             .context("scheduling a mail retry")?;
         }
-        Err(Failure::Transient(class, err) | Failure::Permanent(class, err)) => {
+        Err(DeliveryFailure::Transient(class, err) | DeliveryFailure::Permanent(class, err)) => {
             let error = describe(&err);
             metrics::counter!("latchkey_mail_delivery_failures_total", "class" => class, "outcome" => "failed").increment(1);
             tracing::error!(
@@ -306,26 +309,27 @@ async fn deliver_next(
     Ok(Some(sent))
 }
 
-enum Failure {
+/// Why a delivery failed, and so whether it is tried again.
+enum DeliveryFailure {
     /// Worth retrying: the server or the network may recover. With its class.
     Transient(&'static str, anyhow::Error),
     /// Retrying cannot help: the message is unusable, or the relay answered 5xx.
     Permanent(&'static str, anyhow::Error),
 }
 
-impl Failure {
+impl DeliveryFailure {
     fn classify(err: anyhow::Error) -> Self {
         if err.chain().any(|cause| cause.is::<InvalidMail>()) {
-            return Failure::Permanent("invalid_message", err);
+            return DeliveryFailure::Permanent("invalid_message", err);
         }
         let delivery = err
             .chain()
             .find_map(|cause| cause.downcast_ref::<DeliveryError>())
             .map(|delivery| (delivery.class, delivery.permanent));
         match delivery {
-            Some((class, true)) => Failure::Permanent(class, err),
-            Some((class, false)) => Failure::Transient(class, err),
-            None => Failure::Transient("other", err),
+            Some((class, true)) => DeliveryFailure::Permanent(class, err),
+            Some((class, false)) => DeliveryFailure::Transient(class, err),
+            None => DeliveryFailure::Transient("other", err),
         }
     }
 }
@@ -512,13 +516,13 @@ mod tests {
             .expect_err("invalid");
         let invalid = anyhow::Error::new(InvalidMail::Recipient(bad_address)).context("sending");
         assert!(matches!(
-            Failure::classify(invalid),
-            Failure::Permanent("invalid_message", _)
+            DeliveryFailure::classify(invalid),
+            DeliveryFailure::Permanent("invalid_message", _)
         ));
         let refused = anyhow::anyhow!("connection refused");
         assert!(matches!(
-            Failure::classify(refused),
-            Failure::Transient(_, _)
+            DeliveryFailure::classify(refused),
+            DeliveryFailure::Transient(_, _)
         ));
     }
 }

@@ -1,144 +1,87 @@
-//! The tower-sessions store: sessions live in Postgres, keyed by a digest of their id, and
+//! The sessions table: sessions live in Postgres, keyed by a digest of their id, and
 //! indexed by user so that a password change or a reset can revoke them in one statement.
+//! (The tower-sessions store over these statements is `web::session_store`.)
 
 use std::time::Duration;
 
-use async_trait::async_trait;
-use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use time::OffsetDateTime;
-use tower_sessions::session::{Id, Record};
-use tower_sessions::session_store::{self, SessionStore};
 use uuid::Uuid;
 
-#[derive(Clone)]
-pub struct PgSessionStore {
-    pool: PgPool,
+use crate::domain::SessionDigest;
+
+/// Inserts a new session row unless one with this digest exists; whether it was inserted.
+/// `data` is the session's JSON; its `user_id`, `ip` and `user_agent` fill their columns.
+pub async fn create(
+    pool: &PgPool,
+    digest: &SessionDigest,
+    data: &serde_json::Value,
     idle: Duration,
     absolute: Duration,
+) -> anyhow::Result<bool> {
+    let inserted = sqlx::query(
+        "insert into sessions (id_hash, user_id, data, ip, user_agent, expires_at)
+         values ($1, ($2::jsonb ->> 'user_id')::uuid, $2, $2::jsonb ->> 'ip',
+                 $2::jsonb ->> 'user_agent',
+                 now() + make_interval(secs => least($3, $4)))
+         on conflict (id_hash) do nothing",
+    )
+    .bind(digest.as_bytes())
+    .bind(data)
+    .bind(idle.as_secs_f64())
+    .bind(absolute.as_secs_f64())
+    .execute(pool)
+    .await?;
+    Ok(inserted.rows_affected() == 1)
 }
 
-impl std::fmt::Debug for PgSessionStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PgSessionStore").finish_non_exhaustive()
-    }
+/// Stores a session's data and extends its idle timeout (never past its absolute limit).
+pub async fn save(
+    pool: &PgPool,
+    digest: &SessionDigest,
+    data: &serde_json::Value,
+    idle: Duration,
+    absolute: Duration,
+) -> anyhow::Result<()> {
+    sqlx::query(
+        "update sessions
+         set data = $2, user_id = ($2::jsonb ->> 'user_id')::uuid,
+             ip = coalesce($2::jsonb ->> 'ip', ip),
+             user_agent = coalesce($2::jsonb ->> 'user_agent', user_agent),
+             last_seen_at = now(),
+             expires_at = least(now() + make_interval(secs => $3),
+                                created_at + make_interval(secs => $4))
+         where id_hash = $1",
+    )
+    .bind(digest.as_bytes())
+    .bind(data)
+    .bind(idle.as_secs_f64())
+    .bind(absolute.as_secs_f64())
+    .execute(pool)
+    .await?;
+    Ok(())
 }
 
-/// A database leak must not hand out live sessions, so only the digest is stored.
-pub fn id_hash(id: &Id) -> Vec<u8> {
-    Sha256::digest(id.0.to_le_bytes()).to_vec()
+/// A live session's data and when it expires.
+pub async fn load(
+    pool: &PgPool,
+    digest: &SessionDigest,
+) -> anyhow::Result<Option<(serde_json::Value, OffsetDateTime)>> {
+    Ok(sqlx::query_as(
+        "select data, expires_at from sessions where id_hash = $1 and expires_at > now()",
+    )
+    .bind(digest.as_bytes())
+    .fetch_optional(pool)
+    .await?)
 }
 
-/// How a store error caused by an unreachable database starts: the store's errors are
-/// strings, and this lets [`is_unavailable`] tell an outage (503) from a bug (500).
-const UNAVAILABLE: &str = "database unavailable: ";
-
-fn backend(err: sqlx::Error) -> session_store::Error {
-    if crate::db::is_outage(&err) {
-        session_store::Error::Backend(format!("{UNAVAILABLE}{err}"))
-    } else {
-        session_store::Error::Backend(err.to_string())
-    }
-}
-
-/// Whether a session store error means the database is out of reach.
-pub fn is_unavailable(err: &session_store::Error) -> bool {
-    matches!(err, session_store::Error::Backend(message) if message.starts_with(UNAVAILABLE))
-}
-
-impl PgSessionStore {
-    pub fn new(pool: PgPool, idle: Duration, absolute: Duration) -> PgSessionStore {
-        PgSessionStore {
-            pool,
-            idle,
-            absolute,
-        }
-    }
-
-    fn secs(d: Duration) -> f64 {
-        d.as_secs_f64()
-    }
-}
-
-#[async_trait]
-impl SessionStore for PgSessionStore {
-    async fn create(&self, record: &mut Record) -> session_store::Result<()> {
-        let data = serde_json::to_value(&record.data)
-            .map_err(|e| session_store::Error::Encode(e.to_string()))?;
-        // 128 random bits collide essentially never, but a collision must not join two sessions.
-        loop {
-            let inserted = sqlx::query(
-                "insert into sessions (id_hash, user_id, data, ip, user_agent, expires_at)
-                 values ($1, ($2::jsonb ->> 'user_id')::uuid, $2, $2::jsonb ->> 'ip',
-                         $2::jsonb ->> 'user_agent',
-                         now() + make_interval(secs => least($3, $4)))
-                 on conflict (id_hash) do nothing",
-            )
-            .bind(id_hash(&record.id))
-            .bind(&data)
-            .bind(Self::secs(self.idle))
-            .bind(Self::secs(self.absolute))
-            .execute(&self.pool)
-            .await
-            .map_err(backend)?;
-            if inserted.rows_affected() == 1 {
-                return Ok(());
-            }
-            record.id = Id::default();
-        }
-    }
-
-    async fn save(&self, record: &Record) -> session_store::Result<()> {
-        let data = serde_json::to_value(&record.data)
-            .map_err(|e| session_store::Error::Encode(e.to_string()))?;
-        sqlx::query(
-            "update sessions
-             set data = $2, user_id = ($2::jsonb ->> 'user_id')::uuid,
-                 ip = coalesce($2::jsonb ->> 'ip', ip),
-                 user_agent = coalesce($2::jsonb ->> 'user_agent', user_agent),
-                 last_seen_at = now(),
-                 expires_at = least(now() + make_interval(secs => $3),
-                                    created_at + make_interval(secs => $4))
-             where id_hash = $1",
-        )
-        .bind(id_hash(&record.id))
-        .bind(&data)
-        .bind(Self::secs(self.idle))
-        .bind(Self::secs(self.absolute))
-        .execute(&self.pool)
-        .await
-        .map_err(backend)?;
-        Ok(())
-    }
-
-    async fn load(&self, id: &Id) -> session_store::Result<Option<Record>> {
-        let row: Option<(serde_json::Value, OffsetDateTime)> = sqlx::query_as(
-            "select data, expires_at from sessions where id_hash = $1 and expires_at > now()",
-        )
-        .bind(id_hash(id))
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(backend)?;
-        row.map(|(data, expiry_date)| {
-            let data = serde_json::from_value(data)
-                .map_err(|e| session_store::Error::Decode(e.to_string()))?;
-            Ok(Record {
-                id: *id,
-                data,
-                expiry_date,
-            })
-        })
-        .transpose()
-    }
-
-    async fn delete(&self, id: &Id) -> session_store::Result<()> {
-        sqlx::query("delete from sessions where id_hash = $1")
-            .bind(id_hash(id))
-            .execute(&self.pool)
-            .await
-            .map_err(backend)?;
-        Ok(())
-    }
+/// Deletes one session by its digest.
+pub async fn delete(pool: &PgPool, digest: &SessionDigest) -> anyhow::Result<()> {
+    sqlx::query("delete from sessions where id_hash = $1")
+        .bind(digest.as_bytes())
+        .execute(pool)
+        .await?;
+    Ok(())
 }
 
 /// One row of the sessions list in Settings → Security.
@@ -172,7 +115,7 @@ pub async fn list_for_user(pool: &PgPool, user_id: Uuid) -> anyhow::Result<Vec<S
 /// about once a minute per session, so signed-in page views do not write on every request.
 pub async fn touch(
     pool: &PgPool,
-    id: &Id,
+    digest: &SessionDigest,
     idle: Duration,
     absolute: Duration,
 ) -> anyhow::Result<()> {
@@ -181,7 +124,7 @@ pub async fn touch(
              expires_at = least(now() + make_interval(secs => $2), created_at + make_interval(secs => $3))
          where id_hash = $1 and last_seen_at < now() - interval '60 seconds'",
     )
-    .bind(id_hash(id))
+    .bind(digest.as_bytes())
     .bind(idle.as_secs_f64())
     .bind(absolute.as_secs_f64())
     .execute(pool)
@@ -194,9 +137,9 @@ pub async fn touch(
 pub async fn delete_for_user(
     conn: &mut sqlx::PgConnection,
     user_id: Uuid,
-    keep: Option<&Id>,
+    keep: Option<&SessionDigest>,
 ) -> anyhow::Result<u64> {
-    let keep = keep.map(id_hash);
+    let keep = keep.map(SessionDigest::as_bytes);
     let (live,): (i64,) = sqlx::query_as(
         "with gone as (
              delete from sessions where user_id = $1 and ($2::bytea is null or id_hash <> $2)
@@ -212,11 +155,15 @@ pub async fn delete_for_user(
 }
 
 /// Signs out one session of the account, named by its public id.
-pub async fn delete_one(pool: &PgPool, user_id: Uuid, public_id: Uuid) -> anyhow::Result<bool> {
+pub async fn delete_one(
+    conn: &mut sqlx::PgConnection,
+    user_id: Uuid,
+    public_id: Uuid,
+) -> anyhow::Result<bool> {
     let done = sqlx::query("delete from sessions where user_id = $1 and public_id = $2")
         .bind(user_id)
         .bind(public_id)
-        .execute(pool)
+        .execute(conn)
         .await?;
     Ok(done.rows_affected() == 1)
 }

@@ -17,10 +17,9 @@ use rand::rngs::OsRng;
 use sha2::Sha256;
 use tower_sessions::session::Id;
 
+use super::session_store;
+use super::{AppError, AuthSession};
 use crate::app::AppState;
-use crate::auth::session::AuthSession;
-use crate::error::AppError;
-use crate::store::sessions;
 
 /// Largest request body read; larger ones answer 413.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
@@ -47,7 +46,7 @@ fn sign(key: &[u8; 32], nonce: &[u8], session: Option<&Id>) -> Hmac<Sha256> {
         .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
     mac.update(nonce);
     if let Some(id) = session {
-        mac.update(&sessions::id_hash(id));
+        mac.update(&session_store::id_hash(id));
     }
     mac
 }

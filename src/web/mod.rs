@@ -1,8 +1,8 @@
 //! HTTP: one module per page, each with its `router()`, handlers and template; plus the
 //! extractors and layers every page shares.
 
-pub mod browser;
 pub mod csrf;
+pub mod error;
 pub mod forgot_password;
 pub mod headers;
 pub mod health;
@@ -10,6 +10,8 @@ pub mod home;
 pub mod pages;
 pub mod password_strength;
 pub mod reset_password;
+pub mod session;
+pub mod session_store;
 pub mod settings_security;
 pub mod sign_in;
 pub mod two_factor;
@@ -26,12 +28,14 @@ use axum::response::{IntoResponse, Redirect, Response};
 use serde::de::DeserializeOwned;
 use tower_sessions::Session;
 
+pub use error::AppError;
+pub use session::AuthSession;
+
 use crate::app::AppState;
 use crate::auth::Origin;
-use crate::auth::session::AuthSession;
+use crate::auth::session::{SessionHolder, current_user};
 use crate::db;
-use crate::error::AppError;
-use crate::store::{sessions, users};
+use crate::store::users;
 
 /// The client's IP and user agent, for audit events and the sessions list.
 pub struct ClientOrigin(pub Origin);
@@ -150,30 +154,16 @@ impl OptionalFromRequestParts<AppState> for CurrentUser {
     ) -> Result<Option<Self>, Self::Rejection> {
         let session =
             <AuthSession as FromRequestParts<AppState>>::from_request_parts(parts, state).await?;
-        let Some(signed_in) = session.signed_in().await? else {
-            return Ok(None);
+        let signed_in = session.signed_in().await?;
+        let digest = session.digest();
+        let user = match current_user(&state.accounts, signed_in, digest.as_ref()).await? {
+            SessionHolder::SignedIn(user) => user,
+            SessionHolder::Nobody => return Ok(None),
+            SessionHolder::Ended => {
+                session.sign_out().await?;
+                return Ok(None);
+            }
         };
-        let Some(user) = users::find_by_id(&state.pool, signed_in.user_id).await? else {
-            session.sign_out().await?;
-            return Ok(None);
-        };
-        // Bound to the password it began with: after a reset or a change (even one that
-        // committed while this session's sign-in was still verifying the old password),
-        // the session is over, on every instance.
-        if !signed_in.began_with(user.password_changed_at) {
-            session.sign_out().await?;
-            return Ok(None);
-        }
-        if let Some(id) = session.id() {
-            let s = &state.config.session;
-            sessions::touch(
-                &state.pool,
-                &id,
-                std::time::Duration::from_secs(s.idle_timeout_secs),
-                std::time::Duration::from_secs(s.absolute_timeout_secs),
-            )
-            .await?;
-        }
         Ok(Some(CurrentUser { user, session }))
     }
 }

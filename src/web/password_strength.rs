@@ -12,10 +12,10 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
+use super::AppError;
 use super::{CurrentUser, WebForm};
 use crate::app::AppState;
 use crate::domain::password::{self, PolicyContext};
-use crate::error::AppError;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/password-strength", post(rate))
@@ -56,7 +56,7 @@ async fn rate(
         Some(current) => (current.user.email.clone(), current.user.has_two_factor()),
         None => (form.email, form.two_factor == "true"),
     };
-    let policy = state.policy.clone();
+    let policy = state.accounts.policy.clone();
     let typed = form.password;
     // zxcvbn can take tens of milliseconds on hostile input: keep it off the runtime.
     let strength = tokio::task::spawn_blocking(move || {

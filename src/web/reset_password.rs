@@ -9,13 +9,13 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use serde::Deserialize;
 
+use super::AppError;
 use super::csrf::CsrfToken;
 use super::pages::{self, Errors, Layout};
 use super::{ClientOrigin, WebForm};
 use crate::app::AppState;
 use crate::auth::reset::{ResetError, TokenProblem, check_link, complete_reset};
 use crate::domain::password::PolicyViolation;
-use crate::error::AppError;
 use crate::store::users::User;
 
 pub fn router() -> Router<AppState> {
@@ -39,9 +39,9 @@ impl ResetPage {
             email: user.email.clone(),
             token,
             min_length: if user.has_two_factor() {
-                state.policy.min_len_two_factor
+                state.accounts.policy.min_len_two_factor
             } else {
-                state.policy.min_len_single_factor
+                state.accounts.policy.min_len_single_factor
             },
             two_factor: user.has_two_factor(),
         }
@@ -94,7 +94,7 @@ async fn show(
     csrf: CsrfToken,
     Query(query): Query<LinkQuery>,
 ) -> Result<Response, AppError> {
-    match check_link(&state, &query.token).await {
+    match check_link(&state.accounts, &query.token).await {
         Ok(user) => Ok(pages::render(
             StatusCode::OK,
             &ResetPage::new(&state, &csrf.0, &user, query.token, Errors::default()),
@@ -103,7 +103,7 @@ async fn show(
         Err(ResetError::Policy(_) | ResetError::WrongCode) => Err(AppError::BadRequest(
             "unexpected reset outcome on GET".into(),
         )),
-        Err(ResetError::Failure(failure)) => Err(failure.into()),
+        Err(ResetError::Service(failure)) => Err(failure.into()),
     }
 }
 
@@ -135,7 +135,7 @@ async fn submit(
     WebForm(form): WebForm<ResetForm>,
 ) -> Result<Response, AppError> {
     match complete_reset(
-        &state,
+        &state.accounts,
         &form.token,
         &form.new_password,
         &form.new_password_confirm,
@@ -147,33 +147,33 @@ async fn submit(
         Ok(()) => Ok(Redirect::to("/sign-in?notice=password-reset").into_response()),
         Err(ResetError::Token(problem)) => Ok(link_problem(problem)),
         Err(ResetError::Policy(violation)) => {
-            again(&state, &csrf.0, form.token, policy_errors(&violation)).await
+            form_with_errors(&state, &csrf.0, form.token, policy_errors(&violation)).await
         }
         Err(ResetError::WrongCode) => {
             let errors = Errors::one(
                 "totp_code",
                 "Enter the 6-digit code from your authenticator app, or a recovery code",
             );
-            again(&state, &csrf.0, form.token, errors).await
+            form_with_errors(&state, &csrf.0, form.token, errors).await
         }
-        Err(ResetError::Failure(failure)) => Err(failure.into()),
+        Err(ResetError::Service(failure)) => Err(failure.into()),
     }
 }
 
 /// The form again with its errors, while the link is still usable.
-async fn again(
+async fn form_with_errors(
     state: &AppState,
     csrf: &str,
     token: String,
     errors: Errors,
 ) -> Result<Response, AppError> {
-    match check_link(state, &token).await {
+    match check_link(&state.accounts, &token).await {
         Ok(user) => Ok(pages::render(
             StatusCode::UNPROCESSABLE_ENTITY,
             &ResetPage::new(state, csrf, &user, token, errors),
         )),
         Err(ResetError::Token(problem)) => Ok(link_problem(problem)),
-        Err(ResetError::Failure(failure)) => Err(failure.into()),
+        Err(ResetError::Service(failure)) => Err(failure.into()),
         Err(other) => Err(anyhow::anyhow!("re-checking a reset link: {other}").into()),
     }
 }

@@ -10,17 +10,16 @@ use serde::Deserialize;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::browser::describe_user_agent;
 use super::csrf::CsrfToken;
 use super::pages::{self, Errors, Layout};
 use super::reset_password::policy_errors;
-use super::{ClientOrigin, CurrentUser, WebForm};
+use super::{AppError, ClientOrigin, CurrentUser, WebForm};
 use crate::app::AppState;
-use crate::auth::Failure;
 use crate::auth::change::{ChangeError, change_password};
-use crate::error::AppError;
-use crate::store::audit::{self, EventKind};
-use crate::store::sessions::{self, id_hash};
+use crate::auth::security::security_overview;
+use crate::auth::{Accounts, ServiceError, session as sessions};
+use crate::domain::describe_user_agent;
+use crate::store::audit::EventKind;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -99,25 +98,29 @@ async fn render_page(
     notice: Option<String>,
     status: StatusCode,
 ) -> Result<Response, AppError> {
-    let current_hash = current.session.id().map(|id| id_hash(&id));
-    let mut rows: Vec<SessionRow> = sessions::list_for_user(&state.pool, current.user.id)
-        .await?
+    let overview = security_overview(
+        &state.accounts,
+        &current.user,
+        current.session.digest().as_ref(),
+    )
+    .await?;
+    let has_others = overview.has_others();
+    let rows: Vec<SessionRow> = overview
+        .sessions
         .into_iter()
         .map(|s| SessionRow {
-            current: Some(&s.id_hash) == current_hash.as_ref(),
-            public_id: s.public_id,
-            browser: describe_user_agent(s.user_agent.as_deref()),
-            ip: s.ip.unwrap_or_else(|| "unknown".into()),
-            created: human(s.created_at),
-            created_iso: iso(s.created_at),
-            last_seen_ago: ago(s.last_seen_at),
-            last_seen_iso: iso(s.last_seen_at),
+            current: s.current,
+            public_id: s.info.public_id,
+            browser: describe_user_agent(s.info.user_agent.as_deref()),
+            ip: s.info.ip.unwrap_or_else(|| "unknown".into()),
+            created: human(s.info.created_at),
+            created_iso: iso(s.info.created_at),
+            last_seen_ago: ago(s.info.last_seen_at),
+            last_seen_iso: iso(s.info.last_seen_at),
         })
         .collect();
-    // This device first, so the unfamiliar ones stand out below it.
-    rows.sort_by_key(|r| !r.current);
-    let activity = audit::recent_for_user(&state.pool, current.user.id, 20)
-        .await?
+    let activity = overview
+        .activity
         .into_iter()
         .map(|e| ActivityRow {
             what: EventKind::describe(&e.kind),
@@ -136,13 +139,13 @@ async fn render_page(
         hint: format!(
             "{} characters or more. Spaces and any characters are fine; not a common password, not your email address.",
             if current.user.has_two_factor() {
-                state.policy.min_len_two_factor
+                state.accounts.policy.min_len_two_factor
             } else {
-                state.policy.min_len_single_factor
+                state.accounts.policy.min_len_single_factor
             }
         ),
         two_factor: current.user.has_two_factor(),
-        has_others: rows.iter().any(|r| !r.current),
+        has_others,
         sessions: rows,
         activity,
     };
@@ -208,9 +211,9 @@ async fn change(
     WebForm(form): WebForm<ChangeForm>,
 ) -> Result<Response, AppError> {
     let outcome = change_password(
-        &state,
+        &state.accounts,
         current.user.id,
-        &current.session,
+        current.session.digest().as_ref(),
         &form.current_password,
         &form.new_password,
         &form.new_password_confirm,
@@ -218,9 +221,14 @@ async fn change(
     )
     .await;
     let errors = match outcome {
-        Ok(signed_out) => {
+        Ok(changed) => {
+            current
+                .session
+                .rotate_for_password(changed.password_set_at)
+                .await?;
             return Ok(Redirect::to(&format!(
-                "/settings/security?notice=password-changed&count={signed_out}"
+                "/settings/security?notice=password-changed&count={}",
+                changed.signed_out
             ))
             .into_response());
         }
@@ -232,15 +240,18 @@ async fn change(
             "Your new password must be different from your current password",
         ),
         Err(ChangeError::Policy(violation)) => policy_errors(&violation),
-        Err(ChangeError::SessionEnded) => return Ok(Redirect::to("/sign-in").into_response()),
-        Err(ChangeError::Failure(Failure::Throttled { retry_after })) => Errors::one(
+        Err(ChangeError::SessionEnded) => {
+            current.session.sign_out().await?;
+            return Ok(Redirect::to("/sign-in").into_response());
+        }
+        Err(ChangeError::Service(ServiceError::Throttled { retry_after })) => Errors::one(
             "current_password",
             format!(
                 "Too many attempts. Wait {} and try again.",
                 pages::describe_wait(retry_after)
             ),
         ),
-        Err(ChangeError::Failure(failure)) => return Err(failure.into()),
+        Err(ChangeError::Service(failure)) => return Err(failure.into()),
     };
     render_page(
         &state,
@@ -254,22 +265,12 @@ async fn change(
 }
 
 async fn revoke_others(
-    State(state): State<AppState>,
+    State(accounts): State<Accounts>,
     ClientOrigin(origin): ClientOrigin,
     current: CurrentUser,
 ) -> Result<Response, AppError> {
-    let keep = current.session.id();
-    let mut conn = state.pool.acquire().await.map_err(anyhow::Error::from)?;
-    let count = sessions::delete_for_user(&mut conn, current.user.id, keep.as_ref()).await?;
-    audit::record(
-        &mut *conn,
-        EventKind::SessionsRevoked,
-        Some(current.user.id),
-        Some(&current.user.email),
-        &origin,
-        Some(&format!("{count} sessions")),
-    )
-    .await?;
+    let keep = current.session.digest();
+    let count = sessions::sign_out_others(&accounts, &current.user, keep.as_ref(), &origin).await?;
     Ok(Redirect::to(&format!(
         "/settings/security?notice=sessions-revoked&count={count}"
     ))
@@ -277,7 +278,7 @@ async fn revoke_others(
 }
 
 async fn revoke_one(
-    State(state): State<AppState>,
+    State(accounts): State<Accounts>,
     ClientOrigin(origin): ClientOrigin,
     current: CurrentUser,
     Path(public_id): Path<String>,
@@ -285,16 +286,6 @@ async fn revoke_one(
     let Ok(public_id) = Uuid::parse_str(&public_id) else {
         return Err(AppError::NotFound);
     };
-    if sessions::delete_one(&state.pool, current.user.id, public_id).await? {
-        audit::record(
-            &state.pool,
-            EventKind::SessionsRevoked,
-            Some(current.user.id),
-            Some(&current.user.email),
-            &origin,
-            Some("1 session"),
-        )
-        .await?;
-    }
+    sessions::sign_out_one(&accounts, &current.user, public_id, &origin).await?;
     Ok(Redirect::to("/settings/security?notice=session-revoked").into_response())
 }

@@ -10,18 +10,14 @@ use serde::Deserialize;
 
 use super::csrf::CsrfToken;
 use super::pages::{self, Errors, Layout};
-use super::{ClientOrigin, CurrentUser, WebForm};
+use super::{AppError, AuthSession, ClientOrigin, CurrentUser, WebForm};
 use crate::app::AppState;
 use std::time::Duration;
 
-use crate::auth::Failure;
-use crate::auth::session::AuthSession;
-use crate::auth::sign_in::{SignInError, sign_in};
-use crate::auth::throttle::{self, IpScope};
+use crate::auth::sign_in::{SignInError, SignInOutcome, sign_in};
 use crate::auth::two_factor::{self, TwoFactorError};
+use crate::auth::{Accounts, ServiceError, session as sessions};
 use crate::domain::SafeNext;
-use crate::error::AppError;
-use crate::store::audit::{self, EventKind};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -107,25 +103,20 @@ async fn submit(
     WebForm(form): WebForm<SignInForm>,
 ) -> Result<Response, AppError> {
     let next = SafeNext::parse(&form.next);
-    let again = |errors: Errors, status: StatusCode| {
+    let form_with_errors = |errors: Errors, status: StatusCode| {
         let mut page =
             SignInPage::new(&state, &csrf.0, form.email.trim().to_owned(), next.as_ref());
         page.layout = page.layout.with_errors(errors);
         pages::render(status, &page)
     };
-    let ip = origin.ip.clone().unwrap_or_default();
-    let outcome = match throttle::check_ip(&state, IpScope::SignIn, &ip).await {
-        Ok(()) => sign_in(&state, &form.email, &form.password, &origin).await,
-        Err(failure) => Err(SignInError::Failure(failure)),
-    };
-    match outcome {
-        Ok(user) if user.has_two_factor() => {
+    match sign_in(&state.accounts, &form.email, &form.password, &origin).await {
+        Ok(SignInOutcome::NeedsSecondFactor(user)) => {
             session
                 .begin_second_step(&user, next.as_ref().map(|n| n.as_str()))
                 .await?;
             Ok(Redirect::to("/sign-in/two-factor").into_response())
         }
-        Ok(user) => {
+        Ok(SignInOutcome::Complete(user)) => {
             // The value from the row whose hash was just verified, not a fresh read: a
             // reset that committed meanwhile must leave this session worthless.
             session
@@ -133,37 +124,27 @@ async fn submit(
                 .await?;
             Ok(Redirect::to(next.as_ref().map_or("/", |n| n.as_str())).into_response())
         }
-        Err(SignInError::InvalidCredentials) => Ok(again(
+        Err(SignInError::InvalidCredentials) => Ok(form_with_errors(
             Errors::one("email", "Incorrect email or password."),
             StatusCode::UNPROCESSABLE_ENTITY,
         )),
-        Err(SignInError::Failure(Failure::Throttled { retry_after })) => Ok(throttled(
-            again(
+        Err(SignInError::Service(ServiceError::Throttled { retry_after })) => Ok(throttled(
+            form_with_errors(
                 Errors::one("email", wait_message(retry_after)),
                 StatusCode::TOO_MANY_REQUESTS,
             ),
             retry_after,
         )),
-        Err(SignInError::Failure(failure)) => Err(failure.into()),
+        Err(SignInError::Service(failure)) => Err(failure.into()),
     }
 }
 
 async fn sign_out(
-    State(state): State<AppState>,
+    State(accounts): State<Accounts>,
     ClientOrigin(origin): ClientOrigin,
     session: AuthSession,
 ) -> Result<Response, AppError> {
-    if let Some(user_id) = session.user_id().await? {
-        audit::record(
-            &state.pool,
-            EventKind::SignOut,
-            Some(user_id),
-            None,
-            &origin,
-            None,
-        )
-        .await?;
-    }
+    sessions::record_sign_out(&accounts, session.user_id().await?, &origin).await?;
     session.sign_out().await?;
     Ok(Redirect::to("/sign-in?notice=signed-out").into_response())
 }
@@ -211,7 +192,7 @@ struct SecondStepForm {
 }
 
 async fn submit_second_step(
-    State(state): State<AppState>,
+    State(accounts): State<Accounts>,
     csrf: CsrfToken,
     ClientOrigin(origin): ClientOrigin,
     session: AuthSession,
@@ -221,7 +202,7 @@ async fn submit_second_step(
         // Five minutes passed, or there was no correct password first.
         return Ok(Redirect::to("/sign-in").into_response());
     };
-    match two_factor::complete_sign_in(&state, &pending, &form.totp_code, &origin).await {
+    match two_factor::complete_sign_in(&accounts, &pending, &form.totp_code, &origin).await {
         Ok(user) => {
             // The password the first step verified (complete_sign_in checked it is still
             // the account's).
@@ -231,7 +212,7 @@ async fn submit_second_step(
             let next = pending.next.as_deref().and_then(SafeNext::parse);
             Ok(Redirect::to(next.as_ref().map_or("/", |n| n.as_str())).into_response())
         }
-        Err(TwoFactorError::Failure(Failure::Throttled { retry_after })) => Ok(throttled(
+        Err(TwoFactorError::Service(ServiceError::Throttled { retry_after })) => Ok(throttled(
             second_step_page(
                 &csrf.0,
                 Errors::one("totp_code", wait_message(retry_after)),
@@ -239,7 +220,7 @@ async fn submit_second_step(
             ),
             retry_after,
         )),
-        Err(TwoFactorError::Failure(failure)) => Err(failure.into()),
+        Err(TwoFactorError::Service(failure)) => Err(failure.into()),
         Err(TwoFactorError::WrongState) => Ok(Redirect::to("/sign-in").into_response()),
         Err(_) => Ok(second_step_page(
             &csrf.0,

@@ -14,11 +14,10 @@ use serde::Deserialize;
 use super::csrf::CsrfToken;
 use super::pages::{self, Errors, Layout};
 use super::reset_password::policy_errors;
-use super::{ClientOrigin, CurrentUser, WebForm};
+use super::{AppError, ClientOrigin, CurrentUser, WebForm};
 use crate::app::AppState;
-use crate::auth::Failure;
+use crate::auth::ServiceError;
 use crate::auth::two_factor::{self, TwoFactorError};
-use crate::error::AppError;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -83,10 +82,10 @@ async fn render_page(
         (
             String::new(),
             Vec::new(),
-            two_factor::unused_recovery_codes(state, user).await?,
+            two_factor::unused_recovery_codes(&state.accounts, user).await?,
         )
     } else {
-        let secret = two_factor::pending_secret(state, user).await?;
+        let secret = two_factor::pending_secret(&state.accounts, user).await?;
         let base32 = secret.base32();
         let groups = base32
             .as_bytes()
@@ -104,7 +103,7 @@ async fn render_page(
         unused_codes,
         qr_svg: qr,
         secret_groups: groups,
-        min_length: state.policy.min_len_single_factor,
+        min_length: state.accounts.policy.min_len_single_factor,
         needs_new_password,
     };
     Ok(pages::render(status, &page))
@@ -163,13 +162,13 @@ async fn failed(
                 "new_password",
                 format!(
                     "Choose a new password of {} characters or more before turning off two-factor authentication",
-                    state.policy.min_len_single_factor
+                    state.accounts.policy.min_len_single_factor
                 ),
             ),
             true,
         ),
         TwoFactorError::Policy(violation) => (policy_errors(&violation), true),
-        TwoFactorError::Failure(Failure::Throttled { retry_after }) => (
+        TwoFactorError::Service(ServiceError::Throttled { retry_after }) => (
             Errors::one(
                 fields.password,
                 format!(
@@ -179,7 +178,7 @@ async fn failed(
             ),
             false,
         ),
-        TwoFactorError::Failure(failure) => return Err(failure.into()),
+        TwoFactorError::Service(failure) => return Err(failure.into()),
         TwoFactorError::WrongState => {
             return Ok(Redirect::to("/settings/security/two-factor").into_response());
         }
@@ -220,7 +219,7 @@ async fn enable(
     WebForm(form): WebForm<CodeForm>,
 ) -> Result<Response, AppError> {
     match two_factor::enable(
-        &state,
+        &state.accounts,
         &current.user,
         &form.current_password,
         &form.totp_code,
@@ -253,7 +252,7 @@ async fn regenerate(
     WebForm(form): WebForm<CodeForm>,
 ) -> Result<Response, AppError> {
     match two_factor::regenerate_recovery_codes(
-        &state,
+        &state.accounts,
         &current.user,
         &form.current_password,
         &form.totp_code,
@@ -292,9 +291,9 @@ async fn disable(
         _ => None,
     };
     match two_factor::disable(
-        &state,
+        &state.accounts,
         &current.user,
-        &current.session,
+        current.session.digest().as_ref(),
         &form.current_password,
         &form.totp_code,
         new_password,
@@ -302,7 +301,12 @@ async fn disable(
     )
     .await
     {
-        Ok(()) => Ok(Redirect::to("/settings/security?notice=two-factor-off").into_response()),
+        Ok(new_password_set_at) => {
+            if let Some(password_set_at) = new_password_set_at {
+                current.session.rotate_for_password(password_set_at).await?;
+            }
+            Ok(Redirect::to("/settings/security?notice=two-factor-off").into_response())
+        }
         Err(err) => {
             let fields = Fields {
                 password: "off_current_password",

@@ -45,6 +45,7 @@ async fn two_addresses_with_one_key_cannot_both_have_accounts() {
     let app = TestApp::spawn().await;
     let hash = app
         .state()
+        .accounts
         .hasher
         .hash(secrecy::SecretString::from(PASSWORD.to_owned()))
         .await

@@ -131,6 +131,7 @@ impl TestApp {
     pub async fn create_user(&self, email: &str, password: &str) -> uuid::Uuid {
         let hash = self
             .state()
+            .accounts
             .hasher
             .hash(SecretString::from(password.to_owned()))
             .await

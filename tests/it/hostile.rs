@@ -1174,7 +1174,7 @@ async fn decode(content_type: Option<&str>, body: Vec<u8>) -> Result<SomeForm, S
     let request = request.body(axum::body::Body::from(body)).expect("request");
     match WebForm::<SomeForm>::from_request(request, &()).await {
         Ok(WebForm(form)) => Ok(form),
-        Err(latchkey::error::AppError::BadRequest(why)) => Err(why),
+        Err(latchkey::web::AppError::BadRequest(why)) => Err(why),
         Err(other) => Err(format!("not a 400: {other:?}")),
     }
 }

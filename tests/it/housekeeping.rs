@@ -6,7 +6,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use latchkey::store::housekeeping::{Swept, sweep};
-use latchkey::store::sessions::id_hash;
+use latchkey::web::session_store::id_hash;
 use reqwest::StatusCode;
 use tower_sessions::session::Id;
 

@@ -326,7 +326,7 @@ async fn sign_out_other_sessions_counts_only_the_live_ones() {
         .parse()
         .expect("session id");
     sqlx::query("update sessions set expires_at = now() - interval '1 minute' where id_hash = $1")
-        .bind(latchkey::store::sessions::id_hash(&id))
+        .bind(latchkey::web::session_store::id_hash(&id))
         .execute(&app.pool)
         .await
         .expect("expire a session");

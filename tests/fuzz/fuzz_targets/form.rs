@@ -9,7 +9,7 @@ use std::task::{Context, Poll, Waker};
 use axum::body::Body;
 use axum::extract::FromRequest;
 use axum::http::Request;
-use latchkey::error::AppError;
+use latchkey::web::AppError;
 use latchkey::web::WebForm;
 use libfuzzer_sys::fuzz_target;
 

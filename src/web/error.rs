@@ -3,8 +3,8 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use crate::auth::Failure;
-use crate::web::pages::{self, ErrorPage};
+use super::pages::{self, ErrorPage};
+use crate::auth::ServiceError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -25,12 +25,12 @@ pub enum AppError {
     Unexpected(#[from] anyhow::Error),
 }
 
-impl From<Failure> for AppError {
-    fn from(failure: Failure) -> AppError {
+impl From<ServiceError> for AppError {
+    fn from(failure: ServiceError) -> AppError {
         match failure {
-            Failure::Throttled { retry_after } => AppError::Throttled { retry_after },
-            Failure::Busy => AppError::Unavailable,
-            Failure::Unexpected(e) => AppError::from(e),
+            ServiceError::Throttled { retry_after } => AppError::Throttled { retry_after },
+            ServiceError::Busy => AppError::Unavailable,
+            ServiceError::Unexpected(e) => AppError::from(e),
         }
     }
 }
