@@ -58,7 +58,7 @@ pub async fn change_password(
         .await?
         .ok_or_else(|| anyhow::anyhow!("signed-in account no longer exists"))?;
     let ctx = PolicyContext {
-        email: &user.email,
+        email: user.email.as_str(),
         two_factor: user.has_two_factor(),
     };
     let password = super::check_new_password(state, &ctx, new_password, confirm)
@@ -154,13 +154,13 @@ pub(crate) async fn store_new_password(
         &mut *tx,
         kind,
         Some(user.id),
-        Some(&user.email),
+        Some(user.email.as_str()),
         origin,
         Some(&format!("{signed_out} sessions signed out")),
     )
     .await?;
     let mail = messages::password_changed(
-        &user.email,
+        user.email.as_str(),
         state.config.public_base(),
         by_reset,
         signed_out,

@@ -72,7 +72,7 @@ pub async fn confirm_password(
             &state.pool,
             EventKind::SignInFailed,
             Some(user.id),
-            Some(&user.email),
+            Some(user.email.as_str()),
             origin,
             Some(what),
         )

@@ -109,7 +109,7 @@ impl AuthSession {
         password_set_at: time::OffsetDateTime,
         origin: &Origin,
     ) -> anyhow::Result<()> {
-        self.0.cycle_id().await.map_err(err)?;
+        self.fresh_id().await?;
         for key in [
             PENDING_USER_ID,
             PENDING_UNTIL,
@@ -136,7 +136,7 @@ impl AuthSession {
     /// After a correct password on an account with two-factor: a half-signed-in session,
     /// under a fresh id, that reaches nothing but the second step, for five minutes.
     pub async fn begin_second_step(&self, user: &User, next: Option<&str>) -> anyhow::Result<()> {
-        self.0.cycle_id().await.map_err(err)?;
+        self.fresh_id().await?;
         self.0.insert(PENDING_USER_ID, user.id).await.map_err(err)?;
         let until = time::OffsetDateTime::now_utc().unix_timestamp() + SECOND_STEP_SECS;
         self.0.insert(PENDING_UNTIL, until).await.map_err(err)?;
@@ -147,6 +147,16 @@ impl AuthSession {
             .insert(PENDING_PASSWORD_SET_AT, user.password_changed_at)
             .await
             .map_err(err)?;
+        Ok(())
+    }
+
+    /// Retires the id the request came with, if any. A request with no session cookie
+    /// already gets a fresh, never-issued id when its session is first saved, so there is
+    /// nothing to delete (and no round trip to spend on it).
+    async fn fresh_id(&self) -> anyhow::Result<()> {
+        if self.0.id().is_some() {
+            self.0.cycle_id().await.map_err(err)?;
+        }
         Ok(())
     }
 

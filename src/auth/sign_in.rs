@@ -7,7 +7,6 @@ use super::{Failure, Origin, throttle};
 use crate::app::AppState;
 use crate::domain::EmailAddress;
 use crate::domain::password::{MAX_PASSWORD_BYTES, normalize};
-use crate::store::audit::{self, EventKind};
 use crate::store::users::{self, User};
 
 #[derive(Debug, thiserror::Error)]
@@ -35,19 +34,19 @@ pub async fn sign_in(
     password: &str,
     origin: &Origin,
 ) -> Result<User, SignInError> {
+    let ip = origin.ip.as_deref().unwrap_or_default();
     // A malformed address or an absurd password cannot match any account, and saying so
-    // reveals nothing about which accounts exist.
-    let Ok(email) = EmailAddress::parse(email_input) else {
-        return Err(SignInError::InvalidCredentials);
-    };
+    // reveals nothing about which accounts exist (the attempt still counts against the IP).
     let password = normalize(password);
-    if password.is_empty() || password.len() > MAX_PASSWORD_BYTES {
-        return Err(SignInError::InvalidCredentials);
-    }
-    let key = email.key();
-    let reservation = throttle::reserve(state, &key).await?;
-
-    let user = users::find_by_email(&state.pool, &email).await?;
+    let email = match EmailAddress::parse(email_input) {
+        Ok(email) if !password.is_empty() && password.len() <= MAX_PASSWORD_BYTES => email,
+        _ => {
+            throttle::check_ip(state, throttle::IpScope::SignIn, ip).await?;
+            return Err(SignInError::InvalidCredentials);
+        }
+    };
+    // The per-IP count, the reservation and the account: one statement.
+    let (reservation, user) = throttle::begin_sign_in(state, ip, &email).await?;
     let verified = match state
         .hasher
         .verify(
@@ -78,30 +77,14 @@ pub async fn sign_in(
                 reservation.give_back(state).await?;
                 return Ok(user);
             }
-            reservation.clear(state).await?;
-            audit::record(
-                &state.pool,
-                EventKind::SignIn,
-                Some(user.id),
-                Some(&user.email),
-                origin,
-                None,
-            )
-            .await?;
+            reservation.clear_signed_in(state, &user, origin).await?;
             metrics::counter!("latchkey_sign_in_total", "outcome" => "success").increment(1);
             Ok(user)
         }
         (_, user) => {
-            reservation.fail(state).await?;
-            audit::record(
-                &state.pool,
-                EventKind::SignInFailed,
-                user.as_ref().map(|u| u.id),
-                Some(email.as_str()),
-                origin,
-                None,
-            )
-            .await?;
+            reservation
+                .fail_sign_in(state, user.as_ref().map(|u| u.id), email.as_str(), origin)
+                .await?;
             metrics::counter!("latchkey_sign_in_total", "outcome" => "failure").increment(1);
             Err(SignInError::InvalidCredentials)
         }

@@ -13,7 +13,10 @@ use time::OffsetDateTime;
 
 use super::Failure;
 use crate::app::AppState;
+use crate::domain::EmailAddress;
+use crate::store::sign_in;
 use crate::store::throttle::{self, Delays};
+use crate::store::users::{self, User};
 
 /// The actions counted per IP.
 #[derive(Debug, Clone, Copy)]
@@ -48,6 +51,53 @@ pub async fn check_ip(state: &AppState, scope: IpScope, ip: &str) -> Result<(), 
         });
     }
     Ok(())
+}
+
+/// A sign-in's first step, in one statement when nothing is contended: the attempt
+/// counted against `ip` (as [`check_ip`] with [`IpScope::SignIn`]), an attempt reserved on
+/// the address (as [`reserve`]) and the account looked up. Refused as those two refuse;
+/// while only attempts in flight hold the address, it waits as [`reserve`] does and reads
+/// the account again once reserved.
+pub async fn begin_sign_in(
+    state: &AppState,
+    ip: &str,
+    email: &EmailAddress,
+) -> Result<(Reservation, Option<User>), Failure> {
+    let email_key = email.key();
+    let limit = i32::try_from(state.config.ip_rate_limit).unwrap_or(i32::MAX);
+    let ip_key = ip_key(ip);
+    let count = (state.config.ip_rate_limit > 0).then(|| sign_in::IpCount {
+        scope: IpScope::SignIn.as_str(),
+        ip: &ip_key,
+        limit,
+    });
+    let begun = sign_in::begin(
+        &state.pool,
+        count,
+        &email_key,
+        state.config.throttle.free_failures,
+    )
+    .await?;
+    if let Some((attempts, window_end)) = begun.ip
+        && attempts > limit
+    {
+        metrics::counter!("latchkey_throttled_total", "kind" => "ip").increment(1);
+        return Err(Failure::Throttled {
+            retry_after: until(window_end),
+        });
+    }
+    if begun.reserved {
+        return Ok((Reservation { email_key }, begun.user));
+    }
+    if let Some(blocked) = begun.blocked_until {
+        metrics::counter!("latchkey_throttled_total", "kind" => "account").increment(1);
+        return Err(Failure::Throttled {
+            retry_after: until(blocked),
+        });
+    }
+    let reservation = reserve(state, &email_key).await?;
+    let user = users::find_by_email(&state.pool, email).await?;
+    Ok((reservation, user))
 }
 
 /// The row an IP is counted under: an IPv4 address as it is, an IPv6 client by its /64
@@ -120,6 +170,44 @@ impl Reservation {
     /// failures on.
     pub async fn fail(self, state: &AppState) -> anyhow::Result<()> {
         throttle::settle_failure(&state.pool, &self.email_key, delays(state)).await
+    }
+
+    /// A failed sign-in: settled as [`Reservation::fail`], with its `sign_in_failed`
+    /// event in the same statement.
+    pub async fn fail_sign_in(
+        self,
+        state: &AppState,
+        user_id: Option<uuid::Uuid>,
+        email: &str,
+        origin: &super::Origin,
+    ) -> anyhow::Result<()> {
+        sign_in::fail(
+            &state.pool,
+            &self.email_key,
+            delays(state),
+            user_id,
+            email,
+            origin,
+        )
+        .await
+    }
+
+    /// A completed sign-in: settled as [`Reservation::clear`], with its `sign_in` event in
+    /// the same statement.
+    pub async fn clear_signed_in(
+        self,
+        state: &AppState,
+        user: &User,
+        origin: &super::Origin,
+    ) -> anyhow::Result<()> {
+        sign_in::succeed(
+            &state.pool,
+            &self.email_key,
+            user.id,
+            user.email.as_str(),
+            origin,
+        )
+        .await
     }
 
     /// The attempt was not a failure (a right password, a right code, or never checked

@@ -247,7 +247,7 @@ async fn verify_code(state: &AppState, user: &User, code: &str) -> anyhow::Resul
             return Ok(false);
         };
         let secret = open(&state.keys.totp, user.id, &sealed)?;
-        return match secret.matching_step(&user.email, &digits)? {
+        return match secret.matching_step(user.email.as_str(), &digits)? {
             Some(step) => store::claim_step(&state.pool, user.id, step).await,
             None => Ok(false),
         };
@@ -296,12 +296,17 @@ async fn notify(
         &mut *conn,
         kind,
         Some(user.id),
-        Some(&user.email),
+        Some(user.email.as_str()),
         origin,
         None,
     )
     .await?;
-    let mail = messages::security_change(&user.email, state.config.public_base(), kind, origin)?;
+    let mail = messages::security_change(
+        user.email.as_str(),
+        state.config.public_base(),
+        kind,
+        origin,
+    )?;
     state.outbox.enqueue(conn, &mail).await?;
     Ok(())
 }
@@ -325,7 +330,7 @@ pub async fn enable(
     let secret = open(&state.keys.totp, user.id, &sealed)?;
     let digits: String = code.chars().filter(|c| !c.is_whitespace()).collect();
     let reservation = throttle::reserve(state, &user.email_key).await?;
-    let Some(step) = secret.matching_step(&user.email, &digits)? else {
+    let Some(step) = secret.matching_step(user.email.as_str(), &digits)? else {
         reservation.fail(state).await?;
         return Err(TwoFactorError::WrongCode);
     };
@@ -400,7 +405,7 @@ pub async fn disable(
         (true, None) => return Err(TwoFactorError::NeedsNewPassword),
         (true, Some((new, confirm))) => {
             let ctx = PolicyContext {
-                email: &user.email,
+                email: user.email.as_str(),
                 two_factor: false,
             };
             let parsed = super::check_new_password(state, &ctx, new, confirm)
@@ -467,7 +472,7 @@ pub async fn complete_sign_in(
                     &state.pool,
                     EventKind::SignInFailed,
                     Some(user.id),
-                    Some(&user.email),
+                    Some(user.email.as_str()),
                     origin,
                     Some("wrong two-factor code"),
                 )
@@ -481,7 +486,7 @@ pub async fn complete_sign_in(
         &state.pool,
         EventKind::SignIn,
         Some(user.id),
-        Some(&user.email),
+        Some(user.email.as_str()),
         origin,
         None,
     )

@@ -17,7 +17,6 @@ use std::time::Duration;
 use crate::auth::Failure;
 use crate::auth::session::AuthSession;
 use crate::auth::sign_in::{SignInError, sign_in};
-use crate::auth::throttle::{self, IpScope};
 use crate::auth::two_factor::{self, TwoFactorError};
 use crate::domain::SafeNext;
 use crate::error::AppError;
@@ -113,11 +112,8 @@ async fn submit(
         page.layout = page.layout.with_errors(errors);
         pages::render(status, &page)
     };
-    let ip = origin.ip.clone().unwrap_or_default();
-    let outcome = match throttle::check_ip(&state, IpScope::SignIn, &ip).await {
-        Ok(()) => sign_in(&state, &form.email, &form.password, &origin).await,
-        Err(failure) => Err(SignInError::Failure(failure)),
-    };
+    // sign_in counts the attempt against the client IP itself.
+    let outcome = sign_in(&state, &form.email, &form.password, &origin).await;
     match outcome {
         Ok(user) if user.has_two_factor() => {
             session
