@@ -114,7 +114,8 @@ fn of_the_request(executed: &[(usize, String)]) -> Vec<String> {
                 sql.trim().to_ascii_lowercase().as_str(),
                 "begin" | "commit" | "rollback"
             );
-            !sql.contains("outbox") && !(control && worker.contains(id))
+            let of_the_worker = sql.contains("outbox") || (control && worker.contains(id));
+            !of_the_worker
         })
         .map(|(_, sql)| sql.split_whitespace().collect::<Vec<_>>().join(" "))
         .collect()
