@@ -35,7 +35,7 @@ pub struct Begun {
 /// One statement: counts the attempt against the IP (when `ip` is given), reserves an
 /// attempt on the address (as `throttle::reserve`, and only while the IP is within its
 /// limit), and reads the account with that key.
-#[tracing::instrument(skip(pool))]
+#[tracing::instrument(skip(pool, email_key))]
 pub async fn begin(
     pool: &PgPool,
     ip: Option<IpCount<'_>>,
@@ -133,7 +133,7 @@ pub async fn begin(
 /// One statement for a completed sign-in: the address's failures forgotten and this
 /// attempt's reservation settled (as `throttle::clear` with `own`), and the `sign_in`
 /// event recorded.
-#[tracing::instrument(skip(pool, email))]
+#[tracing::instrument(skip(pool, email, email_key))]
 pub async fn succeed(
     pool: &PgPool,
     email_key: &str,
@@ -173,7 +173,7 @@ pub async fn succeed(
 
 /// One statement for a failed sign-in: the failure settled (as `throttle::settle_failure`)
 /// and the `sign_in_failed` event recorded.
-#[tracing::instrument(skip(pool, email))]
+#[tracing::instrument(skip(pool, email, email_key))]
 pub async fn fail(
     pool: &PgPool,
     email_key: &str,

@@ -29,7 +29,7 @@ pub(crate) const PENDING_STALE_SECS: f64 = 60.0;
 /// Reserves one attempt: `true` if granted. Refused while the address waits out a delay,
 /// or while as many attempts are in flight as failures remain free (one at a time once
 /// the delays have started).
-#[tracing::instrument(skip(pool))]
+#[tracing::instrument(skip(pool, email_key))]
 pub async fn reserve(pool: &PgPool, email_key: &str, free: i32) -> anyhow::Result<bool> {
     let row = sqlx::query_scalar!(
         "insert into login_throttle as t (email_key, failures, pending, pending_since, updated_at)
@@ -55,7 +55,7 @@ pub async fn reserve(pool: &PgPool, email_key: &str, free: i32) -> anyhow::Resul
 
 /// Until when a refused address waits; `None` when it was refused only because attempts
 /// are in flight (or it was cleared since).
-#[tracing::instrument(skip(pool))]
+#[tracing::instrument(skip(pool, email_key))]
 pub async fn blocked_until(
     pool: &PgPool,
     email_key: &str,
@@ -73,7 +73,7 @@ pub async fn blocked_until(
 
 /// Settles a reservation as a failure: one more consecutive failure, and from the
 /// `free`-th on, a delay.
-#[tracing::instrument(skip(pool))]
+#[tracing::instrument(skip(pool, email_key))]
 pub async fn settle_failure(pool: &PgPool, email_key: &str, delays: Delays) -> anyhow::Result<()> {
     sqlx::query!(
         "insert into login_throttle as t (email_key, failures, blocked_until, updated_at)
@@ -100,7 +100,7 @@ pub async fn settle_failure(pool: &PgPool, email_key: &str, delays: Delays) -> a
 }
 
 /// Settles a reservation that turned out not to be a failure: nothing is counted.
-#[tracing::instrument(skip(pool))]
+#[tracing::instrument(skip(pool, email_key))]
 pub async fn give_back(pool: &PgPool, email_key: &str) -> anyhow::Result<()> {
     sqlx::query!(
         "update login_throttle set pending = greatest(pending - 1, 0), updated_at = now()
@@ -116,7 +116,7 @@ pub async fn give_back(pool: &PgPool, email_key: &str) -> anyhow::Result<()> {
 /// A completed sign-in, password change or reset forgets the address's failures; `own`
 /// settles the caller's reservation too. The row goes when no other attempt is in
 /// flight, else it stays with their count.
-#[tracing::instrument(skip(conn))]
+#[tracing::instrument(skip(conn, email_key))]
 pub async fn clear(
     conn: &mut sqlx::PgConnection,
     email_key: &str,

@@ -102,7 +102,7 @@ pub async fn find_by_id(pool: &PgPool, id: Uuid) -> anyhow::Result<Option<User>>
     Ok(row.map(User::from))
 }
 
-#[tracing::instrument(skip(pool, password_hash))]
+#[tracing::instrument(skip(pool, email, password_hash))]
 pub async fn insert(
     pool: &PgPool,
     email: &EmailAddress,
