@@ -64,7 +64,7 @@ pub async fn change_password(
         .await?
         .ok_or_else(|| anyhow::anyhow!("signed-in account no longer exists"))?;
     let ctx = PolicyContext {
-        email: &user.email,
+        email: user.email.as_str(),
         two_factor: user.has_two_factor(),
     };
     let password = super::check_new_password(accounts, &ctx, new_password, confirm)

@@ -150,7 +150,7 @@ pub async fn confirm_password(
             &accounts.pool,
             EventKind::SignInFailed,
             Some(user.id),
-            Some(&user.email),
+            Some(user.email.as_str()),
             origin,
             Some(what),
         )

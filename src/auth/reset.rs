@@ -95,14 +95,14 @@ pub async fn request_reset(
         &accounts.settings.public_base,
         token.expose()
     );
-    let mail = messages::reset(&user.email, &link, ttl, origin)?;
+    let mail = messages::reset(user.email.as_str(), &link, ttl, origin)?;
     reset_tokens::insert(&mut tx, user.id, &token.digest(), ttl, origin.ip.as_deref()).await?;
     accounts.outbox.enqueue(&mut tx, &mail).await?;
     audit::record(
         &mut *tx,
         EventKind::ResetRequested,
         Some(user.id),
-        Some(&user.email),
+        Some(user.email.as_str()),
         origin,
         None,
     )
@@ -180,7 +180,7 @@ pub async fn complete_reset(
     let user = check_link(accounts, token).await?;
     tracing::Span::current().record("user_id", tracing::field::display(user.id));
     let ctx = PolicyContext {
-        email: &user.email,
+        email: user.email.as_str(),
         two_factor: user.has_two_factor(),
     };
     let password = super::check_new_password(accounts, &ctx, new_password, confirm)
@@ -200,7 +200,7 @@ pub async fn complete_reset(
                     &accounts.pool,
                     EventKind::SignInFailed,
                     Some(user.id),
-                    Some(&user.email),
+                    Some(user.email.as_str()),
                     origin,
                     Some("wrong two-factor code on the reset form"),
                 )

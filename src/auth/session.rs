@@ -123,7 +123,7 @@ pub async fn sign_out_others(
         &mut *tx,
         EventKind::SessionsRevoked,
         Some(user.id),
-        Some(&user.email),
+        Some(user.email.as_str()),
         origin,
         Some(&format!("{count} sessions")),
     )
@@ -148,7 +148,7 @@ pub async fn sign_out_one(
         &mut *tx,
         EventKind::SessionsRevoked,
         Some(user.id),
-        Some(&user.email),
+        Some(user.email.as_str()),
         origin,
         Some("1 session"),
     )

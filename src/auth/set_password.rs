@@ -61,13 +61,13 @@ pub(crate) async fn set_password(
         &mut *tx,
         kind,
         Some(user.id),
-        Some(&user.email),
+        Some(user.email.as_str()),
         origin,
         Some(&format!("{signed_out} sessions signed out")),
     )
     .await?;
     let mail = messages::password_changed(
-        &user.email,
+        user.email.as_str(),
         &accounts.settings.public_base,
         by_reset,
         signed_out,

@@ -7,7 +7,6 @@ use super::throttle::{self, IpScope};
 use super::{Accounts, Origin, ServiceError};
 use crate::domain::EmailAddress;
 use crate::domain::password::{MAX_PASSWORD_BYTES, normalize};
-use crate::store::audit::{self, EventKind};
 use crate::store::users::{self, User};
 
 #[derive(Debug, thiserror::Error)]
@@ -45,21 +44,19 @@ pub async fn sign_in(
     password: &str,
     origin: &Origin,
 ) -> Result<SignInOutcome, SignInError> {
-    let ip = origin.ip.clone().unwrap_or_default();
-    throttle::check_ip(accounts, IpScope::SignIn, &ip).await?;
+    let ip = origin.ip.as_deref().unwrap_or_default();
     // A malformed address or an absurd password cannot match any account, and saying so
-    // reveals nothing about which accounts exist.
-    let Ok(email) = EmailAddress::parse(email_input) else {
-        return Err(SignInError::InvalidCredentials);
-    };
+    // reveals nothing about which accounts exist (the attempt still counts against the IP).
     let password = normalize(password);
-    if password.is_empty() || password.len() > MAX_PASSWORD_BYTES {
-        return Err(SignInError::InvalidCredentials);
-    }
-    let key = email.key();
-    let reservation = throttle::reserve(accounts, &key).await?;
-
-    let user = users::find_by_email(&accounts.pool, &email).await?;
+    let email = match EmailAddress::parse(email_input) {
+        Ok(email) if !password.is_empty() && password.len() <= MAX_PASSWORD_BYTES => email,
+        _ => {
+            throttle::check_ip(accounts, IpScope::SignIn, ip).await?;
+            return Err(SignInError::InvalidCredentials);
+        }
+    };
+    // The per-IP count, the reservation and the account: one statement.
+    let (reservation, user) = throttle::begin_sign_in(accounts, ip, &email).await?;
     let verified = match accounts
         .hasher
         .verify(
@@ -91,30 +88,19 @@ pub async fn sign_in(
                 reservation.give_back(accounts).await?;
                 return Ok(SignInOutcome::NeedsSecondFactor(user));
             }
-            reservation.clear(accounts).await?;
-            audit::record(
-                &accounts.pool,
-                EventKind::SignIn,
-                Some(user.id),
-                Some(&user.email),
-                origin,
-                None,
-            )
-            .await?;
+            reservation.clear_signed_in(accounts, &user, origin).await?;
             metrics::counter!("latchkey_sign_in_total", "outcome" => "success").increment(1);
             Ok(SignInOutcome::Complete(user))
         }
         (_, user) => {
-            reservation.fail(accounts).await?;
-            audit::record(
-                &accounts.pool,
-                EventKind::SignInFailed,
-                user.as_ref().map(|u| u.id),
-                Some(email.as_str()),
-                origin,
-                None,
-            )
-            .await?;
+            reservation
+                .fail_sign_in(
+                    accounts,
+                    user.as_ref().map(|u| u.id),
+                    email.as_str(),
+                    origin,
+                )
+                .await?;
             metrics::counter!("latchkey_sign_in_total", "outcome" => "failure").increment(1);
             Err(SignInError::InvalidCredentials)
         }

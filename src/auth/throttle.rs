@@ -12,7 +12,10 @@ use std::time::Duration;
 use time::OffsetDateTime;
 
 use super::{Accounts, ServiceError};
+use crate::domain::EmailAddress;
+use crate::store::sign_in;
 use crate::store::throttle::{self, Delays};
+use crate::store::users::{self, User};
 
 /// The actions counted per IP.
 #[derive(Debug, Clone, Copy)]
@@ -47,6 +50,53 @@ pub async fn check_ip(accounts: &Accounts, scope: IpScope, ip: &str) -> Result<(
         });
     }
     Ok(())
+}
+
+/// A sign-in's first step, in one statement when nothing is contended: the attempt
+/// counted against `ip` (as [`check_ip`] with [`IpScope::SignIn`]), an attempt reserved on
+/// the address (as [`reserve`]) and the account looked up. Refused as those two refuse;
+/// while only attempts in flight hold the address, it waits as [`reserve`] does and reads
+/// the account again once reserved.
+pub async fn begin_sign_in(
+    accounts: &Accounts,
+    ip: &str,
+    email: &EmailAddress,
+) -> Result<(Reservation, Option<User>), ServiceError> {
+    let email_key = email.key();
+    let limit = i32::try_from(accounts.settings.ip_rate_limit).unwrap_or(i32::MAX);
+    let ip_key = ip_key(ip);
+    let count = (accounts.settings.ip_rate_limit > 0).then(|| sign_in::IpCount {
+        scope: IpScope::SignIn.as_str(),
+        ip: &ip_key,
+        limit,
+    });
+    let begun = sign_in::begin(
+        &accounts.pool,
+        count,
+        &email_key,
+        accounts.settings.throttle.free_failures,
+    )
+    .await?;
+    if let Some((attempts, window_end)) = begun.ip
+        && attempts > limit
+    {
+        metrics::counter!("latchkey_throttled_total", "kind" => "ip").increment(1);
+        return Err(ServiceError::Throttled {
+            retry_after: until(window_end),
+        });
+    }
+    if begun.reserved {
+        return Ok((Reservation { email_key }, begun.user));
+    }
+    if let Some(blocked) = begun.blocked_until {
+        metrics::counter!("latchkey_throttled_total", "kind" => "account").increment(1);
+        return Err(ServiceError::Throttled {
+            retry_after: until(blocked),
+        });
+    }
+    let reservation = reserve(accounts, &email_key).await?;
+    let user = users::find_by_email(&accounts.pool, email).await?;
+    Ok((reservation, user))
 }
 
 /// The row an IP is counted under: an IPv4 address as it is, an IPv6 client by its /64
@@ -125,6 +175,44 @@ impl Reservation {
     /// failures on.
     pub async fn fail(self, accounts: &Accounts) -> anyhow::Result<()> {
         throttle::settle_failure(&accounts.pool, &self.email_key, delays(accounts)).await
+    }
+
+    /// A failed sign-in: settled as [`Reservation::fail`], with its `sign_in_failed`
+    /// event in the same statement.
+    pub async fn fail_sign_in(
+        self,
+        accounts: &Accounts,
+        user_id: Option<uuid::Uuid>,
+        email: &str,
+        origin: &super::Origin,
+    ) -> anyhow::Result<()> {
+        sign_in::fail(
+            &accounts.pool,
+            &self.email_key,
+            delays(accounts),
+            user_id,
+            email,
+            origin,
+        )
+        .await
+    }
+
+    /// A completed sign-in: settled as [`Reservation::clear`], with its `sign_in` event in
+    /// the same statement.
+    pub async fn clear_signed_in(
+        self,
+        accounts: &Accounts,
+        user: &User,
+        origin: &super::Origin,
+    ) -> anyhow::Result<()> {
+        sign_in::succeed(
+            &accounts.pool,
+            &self.email_key,
+            user.id,
+            user.email.as_str(),
+            origin,
+        )
+        .await
     }
 
     /// The attempt was not a failure (a right password, a right code, or never checked

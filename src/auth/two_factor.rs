@@ -251,7 +251,7 @@ async fn verify_code(accounts: &Accounts, user: &User, code: &str) -> anyhow::Re
             return Ok(false);
         };
         let secret = open(&accounts.keys.totp, user.id, &sealed)?;
-        return match secret.matching_step(&user.email, &digits)? {
+        return match secret.matching_step(user.email.as_str(), &digits)? {
             Some(step) => store::claim_step(&accounts.pool, user.id, step).await,
             None => Ok(false),
         };
@@ -300,13 +300,17 @@ async fn notify(
         &mut *conn,
         kind,
         Some(user.id),
-        Some(&user.email),
+        Some(user.email.as_str()),
         origin,
         None,
     )
     .await?;
-    let mail =
-        messages::security_change(&user.email, &accounts.settings.public_base, kind, origin)?;
+    let mail = messages::security_change(
+        user.email.as_str(),
+        &accounts.settings.public_base,
+        kind,
+        origin,
+    )?;
     accounts.outbox.enqueue(conn, &mail).await?;
     Ok(())
 }
@@ -330,7 +334,7 @@ pub async fn enable(
     let secret = open(&accounts.keys.totp, user.id, &sealed)?;
     let digits: String = code.chars().filter(|c| !c.is_whitespace()).collect();
     let reservation = throttle::reserve(accounts, &user.email_key).await?;
-    let Some(step) = secret.matching_step(&user.email, &digits)? else {
+    let Some(step) = secret.matching_step(user.email.as_str(), &digits)? else {
         reservation.fail(accounts).await?;
         return Err(TwoFactorError::WrongCode);
     };
@@ -406,7 +410,7 @@ pub async fn disable(
         (true, None) => return Err(TwoFactorError::NeedsNewPassword),
         (true, Some((new, confirm))) => {
             let ctx = PolicyContext {
-                email: &user.email,
+                email: user.email.as_str(),
                 two_factor: false,
             };
             let parsed = super::check_new_password(accounts, &ctx, new, confirm)
@@ -476,7 +480,7 @@ pub async fn complete_sign_in(
                     &accounts.pool,
                     EventKind::SignInFailed,
                     Some(user.id),
-                    Some(&user.email),
+                    Some(user.email.as_str()),
                     origin,
                     Some("wrong two-factor code"),
                 )
@@ -490,7 +494,7 @@ pub async fn complete_sign_in(
         &accounts.pool,
         EventKind::SignIn,
         Some(user.id),
-        Some(&user.email),
+        Some(user.email.as_str()),
         origin,
         None,
     )

@@ -55,6 +55,13 @@ impl EmailAddress {
         Ok(EmailAddress(format!("{local}@{}", domain.to_lowercase())))
     }
 
+    /// An address read back from an account row, taken as stored: it was parsed when the
+    /// account was made, and its exact text is what mail goes to. Only the store calls
+    /// this (it logs a stored address that no longer parses).
+    pub fn from_stored(stored: String) -> EmailAddress {
+        EmailAddress(stored)
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

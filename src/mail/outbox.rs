@@ -32,6 +32,8 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use super::transport::{DeliveryError, InvalidMail, OutgoingMail, Transport};
+use crate::store::outbox as store;
+pub use crate::store::outbox::{Backlog, backlog};
 
 /// After this many failed attempts a message is given up (`status = 'failed'`).
 pub const MAX_ATTEMPTS: i32 = 12;
@@ -54,17 +56,7 @@ async fn enqueue_sealed(
     mail: &OutgoingMail,
 ) -> anyhow::Result<i64> {
     let sealed = seal(key, &mail.to, mail)?;
-    let id: i64 = sqlx::query_scalar(
-        "insert into outbox (to_address, subject, body_enc)
-         values ($1, $2, $3)
-         returning id",
-    )
-    .bind(&mail.to)
-    .bind(&mail.subject)
-    .bind(&sealed)
-    .fetch_one(conn)
-    .await
-    .context("inserting mail into the outbox")?;
+    let id = store::insert(conn, &mail.to, &mail.subject, &sealed).await?;
     tracing::Span::current().record("outbox_id", id);
     Ok(id)
 }
@@ -150,17 +142,6 @@ pub async fn deliver_due(
     Ok(sent)
 }
 
-#[derive(sqlx::FromRow)]
-struct DueMail {
-    id: i64,
-    to_address: String,
-    subject: String,
-    text_body: Option<String>,
-    html_body: Option<String>,
-    body_enc: Option<Vec<u8>>,
-    attempts: i32,
-}
-
 /// Claims, sends and settles the oldest due message. `None`: nothing is due (or every due
 /// row is being sent by another worker); `Some(sent)` otherwise.
 async fn deliver_next(
@@ -173,17 +154,7 @@ async fn deliver_next(
         .begin()
         .await
         .context("starting an outbox transaction")?;
-    let due: Option<DueMail> = sqlx::query_as(
-        "select id, to_address, subject, text_body, html_body, body_enc, attempts
-         from outbox
-         where status = 'pending' and next_attempt_at <= now()
-         order by id
-         limit 1
-         for update skip locked",
-    )
-    .fetch_optional(&mut *tx)
-    .await
-    .context("claiming due mail from the outbox")?;
+    let due = store::claim_due(&mut tx).await?;
     let Some(due) = due else {
         return Ok(None);
     };
@@ -225,16 +196,7 @@ async fn deliver_next(
     let sent = outcome.is_ok();
     match outcome {
         Ok(()) => {
-            sqlx::query(
-                "update outbox
-                 set status = 'sent', sent_at = clock_timestamp(),
-                     text_body = null, html_body = null, body_enc = null
-                 where id = $1",
-            )
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .context("marking mail sent")?;
+            store::mark_sent(&mut tx, id).await?;
         }
         Err(DeliveryFailure::Transient(class, err)) if failed_attempts < MAX_ATTEMPTS => {
             let error = describe(&err);
@@ -248,21 +210,15 @@ async fn deliver_next(
                 %error,
                 "mail delivery failed, will retry"
             );
-            sqlx::query(
-                "update outbox
-                 set attempts = $2, last_error = $3, last_error_class = $5,
-                     last_error_at = clock_timestamp(),
-                     next_attempt_at = clock_timestamp() + make_interval(secs => $4)
-                 where id = $1",
+            store::schedule_retry(
+                &mut tx,
+                id,
+                failed_attempts,
+                &error,
+                class,
+                delay.as_secs_f64(),
             )
-            .bind(id)
-            .bind(failed_attempts)
-            .bind(&error)
-            .bind(delay.as_secs_f64())
-            .bind(class)
-            .execute(&mut *tx)
-            .await
-            .context("scheduling a mail retry")?;
+            .await?;
         }
         Err(DeliveryFailure::Transient(class, err) | DeliveryFailure::Permanent(class, err)) => {
             let error = describe(&err);
@@ -276,20 +232,7 @@ async fn deliver_next(
             );
             // Nobody will send these bodies any more; a reset link in them must not linger.
             // The row stays, with its reason, for the operator (`status = 'failed'`).
-            sqlx::query(
-                "update outbox
-                 set status = 'failed', attempts = $2, last_error = $3, last_error_class = $4,
-                     last_error_at = clock_timestamp(),
-                     text_body = null, html_body = null, body_enc = null
-                 where id = $1",
-            )
-            .bind(id)
-            .bind(failed_attempts)
-            .bind(&error)
-            .bind(class)
-            .execute(&mut *tx)
-            .await
-            .context("marking mail failed")?;
+            store::mark_failed(&mut tx, id, failed_attempts, &error, class).await?;
         }
     }
 
@@ -332,34 +275,6 @@ impl DeliveryFailure {
             None => DeliveryFailure::Transient("other", err),
         }
     }
-}
-
-/// What `/readyz` and `/metrics` show of the outbox.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct Backlog {
-    pub pending: i64,
-    pub failed: i64,
-    pub oldest_pending_secs: f64,
-    /// The class of the most recent delivery failure, and how long ago it was.
-    pub last_error_class: Option<String>,
-    pub last_error_secs_ago: Option<f64>,
-}
-
-pub async fn backlog(pool: &PgPool) -> anyhow::Result<Backlog> {
-    sqlx::query_as(
-        "select
-             count(*) filter (where status = 'pending') as pending,
-             count(*) filter (where status = 'failed') as failed,
-             coalesce(extract(epoch from now() - min(created_at) filter (where status = 'pending')), 0)::float8
-                 as oldest_pending_secs,
-             (select last_error_class from outbox where last_error_at is not null
-              order by last_error_at desc limit 1) as last_error_class,
-             (select extract(epoch from now() - max(last_error_at))::float8 from outbox) as last_error_secs_ago
-         from outbox",
-    )
-    .fetch_one(pool)
-    .await
-    .context("reading the outbox backlog")
 }
 
 /// 5 s, 10 s, 20 s … capped at 15 min, plus up to 10 % jitter so that a burst of mail

@@ -1,5 +1,6 @@
 //! Security events of an account: what happened, when, from which IP and browser.
 
+use anyhow::Context as _;
 use sqlx::{PgExecutor, PgPool};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -60,6 +61,7 @@ pub struct Origin {
     pub user_agent: Option<String>,
 }
 
+#[tracing::instrument(skip(executor, email))]
 pub async fn record<'e>(
     executor: impl PgExecutor<'e>,
     kind: EventKind,
@@ -68,6 +70,26 @@ pub async fn record<'e>(
     origin: &Origin,
     detail: Option<&str>,
 ) -> anyhow::Result<()> {
+    log(kind, user_id, origin, detail);
+    sqlx::query!(
+        "insert into audit_events (user_id, kind, email, ip, user_agent, detail)
+         values ($1, $2, $3, $4, $5, $6)",
+        user_id,
+        kind.as_str(),
+        email,
+        origin.ip.as_deref(),
+        origin.user_agent.as_deref(),
+        detail,
+    )
+    .execute(executor)
+    .await
+    .context("recording a security event")?;
+    Ok(())
+}
+
+/// The log line every recorded event gets (statements that record one along with other
+/// work call this themselves).
+pub(crate) fn log(kind: EventKind, user_id: Option<Uuid>, origin: &Origin, detail: Option<&str>) {
     tracing::info!(
         event = kind.as_str(),
         user_id = user_id.map(|u| u.to_string()),
@@ -76,22 +98,9 @@ pub async fn record<'e>(
         detail,
         "security event"
     );
-    sqlx::query(
-        "insert into audit_events (user_id, kind, email, ip, user_agent, detail)
-         values ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(user_id)
-    .bind(kind.as_str())
-    .bind(email)
-    .bind(origin.ip.as_deref())
-    .bind(origin.user_agent.as_deref())
-    .bind(detail)
-    .execute(executor)
-    .await?;
-    Ok(())
 }
 
-#[derive(Debug, sqlx::FromRow)]
+#[derive(Debug)]
 pub struct Event {
     pub kind: String,
     pub ip: Option<String>,
@@ -100,18 +109,21 @@ pub struct Event {
 }
 
 /// The newest events of an account from the last 30 days.
+#[tracing::instrument(skip(pool))]
 pub async fn recent_for_user(
     pool: &PgPool,
     user_id: Uuid,
     limit: i64,
 ) -> anyhow::Result<Vec<Event>> {
-    Ok(sqlx::query_as(
+    sqlx::query_as!(
+        Event,
         "select kind, ip, user_agent, created_at from audit_events
          where user_id = $1 and created_at > now() - interval '30 days'
          order by created_at desc, id desc limit $2",
+        user_id,
+        limit,
     )
-    .bind(user_id)
-    .bind(limit)
     .fetch_all(pool)
-    .await?)
+    .await
+    .context("reading an account's security events")
 }

@@ -1,5 +1,6 @@
 //! Periodic clean-up of rows that have served their purpose.
 
+use anyhow::Context as _;
 use sqlx::PgPool;
 
 /// How many rows each table lost.
@@ -13,36 +14,44 @@ pub struct Swept {
 
 /// Deletes expired sessions, tokens dead for a day, idle throttle rows, and mail that was
 /// delivered (or given up on) more than a week ago.
+#[tracing::instrument(skip_all)]
 pub async fn sweep(pool: &PgPool) -> anyhow::Result<Swept> {
-    let sessions = sqlx::query("delete from sessions where expires_at <= now()")
+    let sessions = sqlx::query!("delete from sessions where expires_at <= now()")
         .execute(pool)
-        .await?
+        .await
+        .context("deleting expired sessions")?
         .rows_affected();
-    let reset_tokens = sqlx::query(
+    let reset_tokens = sqlx::query!(
         "delete from reset_tokens
-         where coalesce(used_at, expires_at) < now() - interval '1 day'",
+         where coalesce(used_at, expires_at) < now() - interval '1 day'"
     )
     .execute(pool)
-    .await?
+    .await
+    .context("deleting dead reset tokens")?
     .rows_affected();
-    let throttles = sqlx::query(
+    let throttles = sqlx::query!(
         "delete from login_throttle
          where updated_at < now() - interval '1 day'
-           and (blocked_until is null or blocked_until < now())",
+           and (blocked_until is null or blocked_until < now())"
     )
     .execute(pool)
-    .await?
+    .await
+    .context("deleting idle address throttles")?
     .rows_affected()
-        + sqlx::query("delete from ip_throttle where window_start < now() - interval '10 minutes'")
-            .execute(pool)
-            .await?
-            .rows_affected();
-    let outbox = sqlx::query(
+        + sqlx::query!(
+            "delete from ip_throttle where window_start < now() - interval '10 minutes'"
+        )
+        .execute(pool)
+        .await
+        .context("deleting old ip throttle windows")?
+        .rows_affected();
+    let outbox = sqlx::query!(
         "delete from outbox
-         where status in ('sent', 'failed') and created_at < now() - interval '7 days'",
+         where status in ('sent', 'failed') and created_at < now() - interval '7 days'"
     )
     .execute(pool)
-    .await?
+    .await
+    .context("deleting delivered mail")?
     .rows_affected();
     Ok(Swept {
         sessions,

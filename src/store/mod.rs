@@ -1,9 +1,13 @@
-//! SQL only: each module owns the statements for one table.
+//! SQL only, every statement checked at compile time against `.sqlx/`: each module owns
+//! the statements for one table, except `sign_in`, whose statements join what one step
+//! of a sign-in needs across tables.
 
 pub mod audit;
 pub mod housekeeping;
+pub mod outbox;
 pub mod reset_tokens;
 pub mod sessions;
+pub mod sign_in;
 pub mod throttle;
 pub mod two_factor;
 pub mod users;

@@ -1,9 +1,11 @@
 //! Password reset tokens, stored only as SHA-256 digests, consumed by one atomic statement.
 
+use anyhow::Context as _;
 use sqlx::{PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
 
 /// Stores a new token and voids every older unused one of the account.
+#[tracing::instrument(skip(conn, token_hash))]
 pub async fn insert(
     conn: &mut PgConnection,
     user_id: Uuid,
@@ -12,48 +14,55 @@ pub async fn insert(
     requested_ip: Option<&str>,
 ) -> anyhow::Result<()> {
     void_for_user(&mut *conn, user_id).await?;
-    sqlx::query(
+    sqlx::query!(
         "insert into reset_tokens (token_hash, user_id, expires_at, requested_ip)
          values ($1, $2, now() + make_interval(secs => $3), $4)",
+        token_hash,
+        user_id,
+        ttl_secs as f64,
+        requested_ip,
     )
-    .bind(token_hash)
-    .bind(user_id)
-    .bind(ttl_secs as f64)
-    .bind(requested_ip)
     .execute(conn)
-    .await?;
+    .await
+    .context("inserting a reset token")?;
     Ok(())
 }
 
 /// Any password change makes outstanding links useless.
+#[tracing::instrument(skip(conn))]
 pub async fn void_for_user(conn: &mut PgConnection, user_id: Uuid) -> anyhow::Result<()> {
-    sqlx::query("update reset_tokens set used_at = now() where user_id = $1 and used_at is null")
-        .bind(user_id)
-        .execute(conn)
-        .await?;
+    sqlx::query!(
+        "update reset_tokens set used_at = now() where user_id = $1 and used_at is null",
+        user_id,
+    )
+    .execute(conn)
+    .await
+    .context("voiding an account's reset tokens")?;
     Ok(())
 }
 
 /// Locks the account's row until the transaction ends, so reset requests for one account
 /// run one after another; `false` if the account is gone.
+#[tracing::instrument(skip(conn))]
 pub async fn lock_account(conn: &mut PgConnection, user_id: Uuid) -> anyhow::Result<bool> {
-    let row: Option<(Uuid,)> = sqlx::query_as("select id from users where id = $1 for update")
-        .bind(user_id)
+    let row = sqlx::query_scalar!("select id from users where id = $1 for update", user_id)
         .fetch_optional(conn)
-        .await?;
+        .await
+        .context("locking an account for a reset")?;
     Ok(row.is_some())
 }
 
 /// How many reset links the account was sent in the last hour.
+#[tracing::instrument(skip(executor))]
 pub async fn count_recent<'e>(executor: impl PgExecutor<'e>, user_id: Uuid) -> anyhow::Result<i64> {
-    let (count,): (i64,) = sqlx::query_as(
-        "select count(*) from reset_tokens
-         where user_id = $1 and created_at > now() - interval '1 hour'",
+    sqlx::query_scalar!(
+        r#"select count(*) as "count!" from reset_tokens
+         where user_id = $1 and created_at > now() - interval '1 hour'"#,
+        user_id,
     )
-    .bind(user_id)
     .fetch_one(executor)
-    .await?;
-    Ok(count)
+    .await
+    .context("counting recent reset tokens")
 }
 
 /// The state of a token as its link is opened (a GET never consumes it).
@@ -65,50 +74,57 @@ pub enum TokenState {
     Unknown,
 }
 
+#[tracing::instrument(skip_all)]
 pub async fn peek(pool: &PgPool, token_hash: &[u8]) -> anyhow::Result<TokenState> {
-    let row: Option<(Uuid, bool, bool)> = sqlx::query_as(
-        "select user_id, used_at is not null, expires_at <= now()
-         from reset_tokens where token_hash = $1",
+    let row = sqlx::query!(
+        r#"select user_id, used_at is not null as "used!", expires_at <= now() as "expired!"
+         from reset_tokens where token_hash = $1"#,
+        token_hash,
     )
-    .bind(token_hash)
     .fetch_optional(pool)
-    .await?;
+    .await
+    .context("reading a reset token")?;
     Ok(match row {
         None => TokenState::Unknown,
-        Some((_, true, _)) => TokenState::Used,
-        Some((_, _, true)) => TokenState::Expired,
-        Some((user_id, false, false)) => TokenState::Usable { user_id },
+        Some(row) if row.used => TokenState::Used,
+        Some(row) if row.expired => TokenState::Expired,
+        Some(row) => TokenState::Usable {
+            user_id: row.user_id,
+        },
     })
 }
 
 /// Marks the token used if, and only if, it is unused and unexpired; the one statement
 /// makes two concurrent redemptions give exactly one success.
+#[tracing::instrument(skip_all)]
 pub async fn consume(conn: &mut PgConnection, token_hash: &[u8]) -> anyhow::Result<Option<Uuid>> {
-    let row: Option<(Uuid,)> = sqlx::query_as(
+    sqlx::query_scalar!(
         "update reset_tokens set used_at = now()
          where token_hash = $1 and used_at is null and expires_at > now()
          returning user_id",
+        token_hash,
     )
-    .bind(token_hash)
     .fetch_optional(conn)
-    .await?;
-    Ok(row.map(|(id,)| id))
+    .await
+    .context("consuming a reset token")
 }
 
 /// Counts a wrong two-factor code entered with this token; the fifth voids the token.
+#[tracing::instrument(skip(pool, token_hash))]
 pub async fn record_code_failure(
     pool: &PgPool,
     token_hash: &[u8],
     limit: i32,
 ) -> anyhow::Result<()> {
-    sqlx::query(
+    sqlx::query!(
         "update reset_tokens set failed_codes = failed_codes + 1,
              used_at = case when failed_codes + 1 >= $2 then now() else used_at end
          where token_hash = $1 and used_at is null",
+        token_hash,
+        limit,
     )
-    .bind(token_hash)
-    .bind(limit)
     .execute(pool)
-    .await?;
+    .await
+    .context("counting a wrong code on a reset token")?;
     Ok(())
 }

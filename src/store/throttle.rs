@@ -8,6 +8,7 @@
 //! before the delay starts. Each reservation is then settled: as a failure, given back,
 //! or with the address cleared.
 
+use anyhow::Context as _;
 use sqlx::{PgExecutor, PgPool};
 use time::OffsetDateTime;
 
@@ -23,13 +24,14 @@ pub struct Delays {
 
 /// Attempts in flight older than this are void: no check takes that long (requests time
 /// out after 30 s), so their process died or dropped them.
-const PENDING_STALE_SECS: f64 = 60.0;
+pub(crate) const PENDING_STALE_SECS: f64 = 60.0;
 
 /// Reserves one attempt: `true` if granted. Refused while the address waits out a delay,
 /// or while as many attempts are in flight as failures remain free (one at a time once
 /// the delays have started).
+#[tracing::instrument(skip(pool, email_key))]
 pub async fn reserve(pool: &PgPool, email_key: &str, free: i32) -> anyhow::Result<bool> {
-    let row: Option<(i32,)> = sqlx::query_as(
+    let row = sqlx::query_scalar!(
         "insert into login_throttle as t (email_key, failures, pending, pending_since, updated_at)
          values ($1, 0, 1, now(), now())
          on conflict (email_key) do update set
@@ -41,35 +43,39 @@ pub async fn reserve(pool: &PgPool, email_key: &str, free: i32) -> anyhow::Resul
            and case when t.pending_since < now() - make_interval(secs => $3)
                     then 0 else t.pending end < greatest($2 - t.failures, 1)
          returning pending",
+        email_key,
+        free,
+        PENDING_STALE_SECS,
     )
-    .bind(email_key)
-    .bind(free)
-    .bind(PENDING_STALE_SECS)
     .fetch_optional(pool)
-    .await?;
+    .await
+    .context("reserving a sign-in attempt")?;
     Ok(row.is_some())
 }
 
 /// Until when a refused address waits; `None` when it was refused only because attempts
 /// are in flight (or it was cleared since).
+#[tracing::instrument(skip(pool, email_key))]
 pub async fn blocked_until(
     pool: &PgPool,
     email_key: &str,
 ) -> anyhow::Result<Option<OffsetDateTime>> {
-    let row: Option<(Option<OffsetDateTime>,)> = sqlx::query_as(
+    let row = sqlx::query_scalar!(
         "select blocked_until from login_throttle
          where email_key = $1 and blocked_until > now()",
+        email_key,
     )
-    .bind(email_key)
     .fetch_optional(pool)
-    .await?;
-    Ok(row.and_then(|(until,)| until))
+    .await
+    .context("reading an address's delay")?;
+    Ok(row.flatten())
 }
 
 /// Settles a reservation as a failure: one more consecutive failure, and from the
 /// `free`-th on, a delay.
+#[tracing::instrument(skip(pool, email_key))]
 pub async fn settle_failure(pool: &PgPool, email_key: &str, delays: Delays) -> anyhow::Result<()> {
-    sqlx::query(
+    sqlx::query!(
         "insert into login_throttle as t (email_key, failures, blocked_until, updated_at)
          values ($1, 1, case when 1 >= $2
                      then now() + make_interval(secs => least($4::float8, $3::float8))
@@ -82,47 +88,52 @@ pub async fn settle_failure(pool: &PgPool, email_key: &str, delays: Delays) -> a
                  then now() + make_interval(secs => least($4::float8,
                         $3::float8 * power(2, least(t.failures + 1 - $2, 30))))
                  else null end",
+        email_key,
+        delays.free,
+        delays.base_secs as f64,
+        delays.max_secs as f64,
     )
-    .bind(email_key)
-    .bind(delays.free)
-    .bind(delays.base_secs as f64)
-    .bind(delays.max_secs as f64)
     .execute(pool)
-    .await?;
+    .await
+    .context("recording a failed attempt")?;
     Ok(())
 }
 
 /// Settles a reservation that turned out not to be a failure: nothing is counted.
+#[tracing::instrument(skip(pool, email_key))]
 pub async fn give_back(pool: &PgPool, email_key: &str) -> anyhow::Result<()> {
-    sqlx::query(
+    sqlx::query!(
         "update login_throttle set pending = greatest(pending - 1, 0), updated_at = now()
          where email_key = $1",
+        email_key,
     )
-    .bind(email_key)
     .execute(pool)
-    .await?;
+    .await
+    .context("giving an attempt back")?;
     Ok(())
 }
 
 /// A completed sign-in, password change or reset forgets the address's failures; `own`
 /// settles the caller's reservation too. The row goes when no other attempt is in
 /// flight, else it stays with their count.
+#[tracing::instrument(skip(conn, email_key))]
 pub async fn clear(
     conn: &mut sqlx::PgConnection,
     email_key: &str,
     own: bool,
 ) -> anyhow::Result<()> {
     let own = i32::from(own);
-    let deleted = sqlx::query(
+    let deleted = sqlx::query!(
         "delete from login_throttle
          where email_key = $1
            and (pending - $2 <= 0 or pending_since < now() - make_interval(secs => $3))",
+        email_key,
+        own,
+        PENDING_STALE_SECS,
     )
-    .bind(email_key)
-    .bind(own)
-    .bind(PENDING_STALE_SECS)
     .execute(&mut *conn)
-    .await?
+    .await
+    .context("clearing an address's throttle")?
     .rows_affected();
     if deleted == 0 {
         clear_failures(&mut *conn, email_key, own).await?;
@@ -135,33 +146,37 @@ async fn clear_failures<'e>(
     email_key: &str,
     own: i32,
 ) -> anyhow::Result<()> {
-    sqlx::query(
+    sqlx::query!(
         "update login_throttle set failures = 0, blocked_until = null,
              pending = greatest(pending - $2, 0), updated_at = now()
          where email_key = $1",
+        email_key,
+        own,
     )
-    .bind(email_key)
-    .bind(own)
     .execute(executor)
-    .await?;
+    .await
+    .context("clearing an address's failures")?;
     Ok(())
 }
 
 /// Counts an attempt in the IP's current one-minute window; returns the window's count
 /// (this attempt included, as the one statement left it) and when the window ends.
+#[tracing::instrument(skip(pool))]
 pub async fn hit_ip(pool: &PgPool, scope: &str, ip: &str) -> anyhow::Result<(i32, OffsetDateTime)> {
-    Ok(sqlx::query_as(
-        "insert into ip_throttle as t (scope, ip, window_start, attempts)
+    let row = sqlx::query!(
+        r#"insert into ip_throttle as t (scope, ip, window_start, attempts)
          values ($1, $2, now(), 1)
          on conflict (scope, ip) do update set
              window_start = case when t.window_start <= now() - interval '1 minute'
                                  then now() else t.window_start end,
              attempts = case when t.window_start <= now() - interval '1 minute'
                              then 1 else t.attempts + 1 end
-         returning attempts, window_start + interval '1 minute'",
+         returning attempts, window_start + interval '1 minute' as "window_end!""#,
+        scope,
+        ip,
     )
-    .bind(scope)
-    .bind(ip)
     .fetch_one(pool)
-    .await?)
+    .await
+    .context("counting an attempt from an ip")?;
+    Ok((row.attempts, row.window_end))
 }

@@ -7,10 +7,10 @@ use uuid::Uuid;
 
 use crate::domain::EmailAddress;
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct User {
     pub id: Uuid,
-    pub email: String,
+    pub email: EmailAddress,
     /// `EmailAddress::key` of the address: what looks the account up and throttles it.
     pub email_key: String,
     pub password_hash: String,
@@ -25,6 +25,41 @@ impl User {
     }
 }
 
+/// A `users` row as the queries return it; [`User`] once its address is typed.
+pub(crate) struct UserRow {
+    pub id: Uuid,
+    pub email: String,
+    pub email_key: String,
+    pub password_hash: String,
+    pub password_changed_at: OffsetDateTime,
+    pub created_at: OffsetDateTime,
+    pub totp_enabled_at: Option<OffsetDateTime>,
+}
+
+impl From<UserRow> for User {
+    fn from(row: UserRow) -> User {
+        User {
+            email: stored_address(row.id, row.email),
+            id: row.id,
+            email_key: row.email_key,
+            password_hash: row.password_hash,
+            password_changed_at: row.password_changed_at,
+            created_at: row.created_at,
+            totp_enabled_at: row.totp_enabled_at,
+        }
+    }
+}
+
+/// The address as the account holds it. It was parsed when the account was made; one
+/// that no longer parses (the rules tightened since) is logged and kept as stored, so the
+/// account still works and still gets its mail.
+pub(crate) fn stored_address(user_id: Uuid, email: String) -> EmailAddress {
+    if EmailAddress::parse(&email).is_err() {
+        tracing::warn!(%user_id, "an account's stored address no longer parses; kept as stored");
+    }
+    EmailAddress::from_stored(email)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CreateUserError {
     #[error("an account with that email address already exists")]
@@ -36,47 +71,59 @@ pub enum CreateUserError {
 /// The unique constraint on `users.email_key` (migration 0003).
 const EMAIL_KEY_CONSTRAINT: &str = "users_email_key_key";
 
-const COLUMNS: &str =
-    "id, email, email_key, password_hash, password_changed_at, created_at, totp_enabled_at";
-
 /// Accounts are found by `EmailAddress::key`, stored in `email_key` (unique).
+#[tracing::instrument(skip_all)]
 pub async fn find_by_email(pool: &PgPool, email: &EmailAddress) -> anyhow::Result<Option<User>> {
-    Ok(
-        sqlx::query_as(&format!("select {COLUMNS} from users where email_key = $1"))
-            .bind(email.key())
-            .fetch_optional(pool)
-            .await?,
+    let row = sqlx::query_as!(
+        UserRow,
+        "select id, email, email_key, password_hash, password_changed_at, created_at,
+             totp_enabled_at
+         from users where email_key = $1",
+        email.key(),
     )
+    .fetch_optional(pool)
+    .await
+    .context("looking an account up by address")?;
+    Ok(row.map(User::from))
 }
 
+#[tracing::instrument(skip(pool))]
 pub async fn find_by_id(pool: &PgPool, id: Uuid) -> anyhow::Result<Option<User>> {
-    Ok(
-        sqlx::query_as(&format!("select {COLUMNS} from users where id = $1"))
-            .bind(id)
-            .fetch_optional(pool)
-            .await?,
+    let row = sqlx::query_as!(
+        UserRow,
+        "select id, email, email_key, password_hash, password_changed_at, created_at,
+             totp_enabled_at
+         from users where id = $1",
+        id,
     )
+    .fetch_optional(pool)
+    .await
+    .context("looking an account up by id")?;
+    Ok(row.map(User::from))
 }
 
+#[tracing::instrument(skip(pool, email, password_hash))]
 pub async fn insert(
     pool: &PgPool,
     email: &EmailAddress,
     password_hash: &str,
 ) -> Result<Uuid, CreateUserError> {
-    let inserted: Result<(Uuid,), sqlx::Error> = sqlx::query_as(
+    let inserted = sqlx::query_scalar!(
         "insert into users (email, email_key, password_hash) values ($1, $2, $3) returning id",
+        email.as_str(),
+        email.key(),
+        password_hash,
     )
-    .bind(email.as_str())
-    .bind(email.key())
-    .bind(password_hash)
     .fetch_one(pool)
     .await;
     match inserted {
-        Ok((id,)) => Ok(id),
+        Ok(id) => Ok(id),
         Err(sqlx::Error::Database(e)) if e.constraint() == Some(EMAIL_KEY_CONSTRAINT) => {
             Err(CreateUserError::EmailTaken)
         }
-        Err(e) => Err(CreateUserError::Unexpected(e.into())),
+        Err(e) => Err(CreateUserError::Unexpected(
+            anyhow::Error::new(e).context("inserting an account"),
+        )),
     }
 }
 
@@ -85,37 +132,40 @@ pub async fn insert(
 /// finish the setup. With `unchanged_since`, only if the password is still the one set
 /// then (the one the caller verified); `None` when it is not. Returns the new
 /// `password_changed_at`, which sessions are bound to.
+#[tracing::instrument(skip(conn, password_hash))]
 pub async fn set_password(
     conn: &mut PgConnection,
     id: Uuid,
     password_hash: &str,
     unchanged_since: Option<OffsetDateTime>,
 ) -> anyhow::Result<Option<OffsetDateTime>> {
-    let changed_at: Option<(OffsetDateTime,)> = sqlx::query_as(
+    sqlx::query_scalar!(
         "update users set password_hash = $2, password_changed_at = now(),
              totp_pending_enc = null, updated_at = now()
          where id = $1 and ($3::timestamptz is null or password_changed_at = $3)
          returning password_changed_at",
+        id,
+        password_hash,
+        unchanged_since,
     )
-    .bind(id)
-    .bind(password_hash)
-    .bind(unchanged_since)
     .fetch_optional(conn)
-    .await?;
-    Ok(changed_at.map(|(at,)| at))
+    .await
+    .context("setting a password")
 }
 
 /// Replaces a hash made with older parameters, unless the password changed meanwhile.
+#[tracing::instrument(skip(pool, old, new))]
 pub async fn upgrade_hash(pool: &PgPool, id: Uuid, old: &str, new: &str) -> anyhow::Result<()> {
-    sqlx::query(
+    sqlx::query!(
         "update users set password_hash = $3, updated_at = now()
          where id = $1 and password_hash = $2",
+        id,
+        old,
+        new,
     )
-    .bind(id)
-    .bind(old)
-    .bind(new)
     .execute(pool)
-    .await?;
+    .await
+    .context("upgrading a password hash")?;
     Ok(())
 }
 
@@ -125,12 +175,13 @@ pub async fn upgrade_hash(pool: &PgPool, id: Uuid, old: &str, new: &str) -> anyh
 /// key and is logged, for an operator to resolve.
 #[tracing::instrument(skip_all)]
 pub async fn rekey_non_ascii(pool: &PgPool) -> anyhow::Result<()> {
-    let rows: Vec<(Uuid, String, String)> =
-        sqlx::query_as("select id, email, email_key from users where email ~ '[^\\x01-\\x7f]'")
+    let rows =
+        sqlx::query!("select id, email, email_key from users where email ~ '[^\\x01-\\x7f]'")
             .fetch_all(pool)
             .await
             .context("reading non-ascii addresses")?;
-    for (id, email, stored) in rows {
+    for row in rows {
+        let (id, email, stored) = (row.id, row.email, row.email_key);
         let Ok(parsed) = EmailAddress::parse(&email) else {
             tracing::warn!(user_id = %id, "an account's address no longer parses; key left as is");
             continue;
@@ -139,9 +190,7 @@ pub async fn rekey_non_ascii(pool: &PgPool) -> anyhow::Result<()> {
         if key == stored {
             continue;
         }
-        let updated = sqlx::query("update users set email_key = $2 where id = $1")
-            .bind(id)
-            .bind(&key)
+        let updated = sqlx::query!("update users set email_key = $2 where id = $1", id, &key)
             .execute(pool)
             .await;
         match updated {

@@ -24,8 +24,8 @@ struct HomePage {
 
 async fn show(csrf: CsrfToken, current: CurrentUser) -> Response {
     let page = HomePage {
-        layout: Layout::new("Your account", &csrf.0).signed_in(&current.user.email),
-        email: current.user.email,
+        layout: Layout::new("Your account", &csrf.0).signed_in(current.user.email.as_str()),
+        email: current.user.email.to_string(),
     };
     pages::render(StatusCode::OK, &page)
 }

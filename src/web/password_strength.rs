@@ -53,7 +53,10 @@ async fn rate(
         return Ok(StatusCode::SERVICE_UNAVAILABLE.into_response());
     };
     let (email, two_factor) = match user {
-        Some(current) => (current.user.email.clone(), current.user.has_two_factor()),
+        Some(current) => (
+            current.user.email.to_string(),
+            current.user.has_two_factor(),
+        ),
         None => (form.email, form.two_factor == "true"),
     };
     let policy = state.accounts.policy.clone();

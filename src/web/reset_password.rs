@@ -36,7 +36,7 @@ impl ResetPage {
     fn new(state: &AppState, csrf: &str, user: &User, token: String, errors: Errors) -> ResetPage {
         ResetPage {
             layout: Layout::new("Choose a new password", csrf).with_errors(errors),
-            email: user.email.clone(),
+            email: user.email.to_string(),
             token,
             min_length: if user.has_two_factor() {
                 state.accounts.policy.min_len_two_factor

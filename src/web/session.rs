@@ -84,7 +84,7 @@ impl AuthSession {
         password_set_at: time::OffsetDateTime,
         origin: &Origin,
     ) -> anyhow::Result<()> {
-        self.0.cycle_id().await.map_err(store_error)?;
+        self.fresh_id().await?;
         for key in [
             PENDING_USER_ID,
             PENDING_UNTIL,
@@ -114,7 +114,7 @@ impl AuthSession {
     /// After a correct password on an account with two-factor: a half-signed-in session,
     /// under a fresh id, that reaches nothing but the second step, for five minutes.
     pub async fn begin_second_step(&self, user: &User, next: Option<&str>) -> anyhow::Result<()> {
-        self.0.cycle_id().await.map_err(store_error)?;
+        self.fresh_id().await?;
         self.0
             .insert(PENDING_USER_ID, user.id)
             .await
@@ -180,6 +180,16 @@ impl AuthSession {
     /// Deletes the session row and clears the cookie.
     pub async fn sign_out(&self) -> anyhow::Result<()> {
         self.0.flush().await.map_err(store_error)
+    }
+
+    /// Retires the id the request came with, if any (no fixation). A request with no
+    /// session cookie already gets a fresh, never-issued id when its session is first
+    /// saved, so there is nothing to delete (and no round trip to spend on it).
+    async fn fresh_id(&self) -> anyhow::Result<()> {
+        if self.0.id().is_some() {
+            self.0.cycle_id().await.map_err(store_error)?;
+        }
+        Ok(())
     }
 
     /// After this session set a new password itself (change, or turning two-factor off

@@ -132,10 +132,10 @@ async fn render_page(
         .collect();
     let page = SecurityPage {
         layout: Layout::new("Security", csrf)
-            .signed_in(&current.user.email)
+            .signed_in(current.user.email.as_str())
             .with_errors(errors)
             .with_notice(notice),
-        email: current.user.email.clone(),
+        email: current.user.email.to_string(),
         hint: format!(
             "{} characters or more. Spaces and any characters are fine; not a common password, not your email address.",
             if current.user.has_two_factor() {

@@ -92,13 +92,13 @@ async fn render_page(
             .chunks(4)
             .map(|c| String::from_utf8_lossy(c).into_owned())
             .collect();
-        (qr_svg(&secret.uri(&user.email)?)?, groups, 0)
+        (qr_svg(&secret.uri(user.email.as_str())?)?, groups, 0)
     };
     let page = TwoFactorPage {
         layout: Layout::new("Two-factor authentication", csrf)
-            .signed_in(&user.email)
+            .signed_in(user.email.as_str())
             .with_errors(errors),
-        email: user.email.clone(),
+        email: user.email.to_string(),
         enabled,
         unused_codes,
         qr_svg: qr,
@@ -204,7 +204,7 @@ fn codes_page(
     pages::render(
         StatusCode::OK,
         &RecoveryCodesPage {
-            layout: Layout::new(title, csrf).signed_in(&current.user.email),
+            layout: Layout::new(title, csrf).signed_in(current.user.email.as_str()),
             intro,
             codes,
         },

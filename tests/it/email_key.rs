@@ -77,3 +77,24 @@ async fn two_addresses_with_one_key_cannot_both_have_accounts() {
     }
     assert_eq!(app.count("select count(*) from users").await, 3);
 }
+
+#[tokio::test]
+async fn a_stored_address_that_no_longer_parses_is_kept_as_stored() {
+    let app = TestApp::spawn().await;
+    let id = app.create_user("alice@example.com", PASSWORD).await;
+    // As if the account predated a stricter rule: no dot in the domain no longer parses.
+    sqlx::query("update users set email = 'Alice@intranet' where id = $1")
+        .bind(id)
+        .execute(&app.pool)
+        .await
+        .expect("update");
+    let user = users::find_by_id(&app.pool, id)
+        .await
+        .expect("read")
+        .expect("account");
+    assert_eq!(user.email.as_str(), "Alice@intranet");
+    assert!(
+        signs_in(&app, "alice@example.com").await,
+        "found by its key"
+    );
+}

@@ -15,6 +15,7 @@ mod migrations;
 mod process;
 mod races;
 mod reset;
+mod round_trips;
 mod server_limits;
 mod session_binding;
 mod settings;
