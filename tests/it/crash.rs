@@ -109,7 +109,7 @@ async fn count(pool: &PgPool, sql: &str, email: &str) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_changes_and_resets_leaves_old_or_new_password_never_neither() {
     let smtp = SmtpSink::start().await;
-    let database_url = process::fresh_database_url();
+    let database_url = process::fresh_database();
     let seed: u64 = rand::random();
     println!("crash test seed {seed}");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);

@@ -17,7 +17,7 @@ fn on(base: &str, link: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_share_sessions_links_throttling_and_the_outbox() {
-    let database_url = process::fresh_database_url();
+    let database_url = process::fresh_database();
     two_instances_share_everything(&database_url, &database_url, &[]).await;
 }
 

@@ -576,7 +576,7 @@ async fn mail_queued_while_smtp_is_down_is_delivered_once_it_returns_even_across
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_link_lifetime_follows_latchkey_reset_token_ttl_secs() {
     let smtp = crate::smtp_sink::SmtpSink::start().await;
-    let database_url = crate::process::fresh_database_url();
+    let database_url = crate::process::fresh_database();
     let service = crate::process::ServiceProcess::start(
         &database_url,
         &smtp.url(),

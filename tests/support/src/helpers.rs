@@ -11,21 +11,17 @@ use latchkey::store::users;
 use reqwest::cookie::{CookieStore, Jar};
 use reqwest::redirect::Policy;
 use reqwest::{Client, Response, StatusCode};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 
+use crate::database::TestDatabase;
+pub use crate::database::postgres_base;
 use crate::smtp_sink::{ReceivedMail, SmtpSink};
 
 /// A good password for tests: long, uncommon, no email in it.
 pub const PASSWORD: &str = "correct horse battery staple";
 pub const NEW_PASSWORD: &str = "a whole new passphrase of mine";
-
-/// Where test databases are created; override with LATCHKEY_TEST_PG.
-pub fn postgres_base() -> String {
-    std::env::var("LATCHKEY_TEST_PG")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
-}
 
 pub struct TestApp {
     pub base: String,
@@ -33,6 +29,8 @@ pub struct TestApp {
     pub smtp: SmtpSink,
     pub database_url: String,
     server: Option<Server>,
+    /// The database named for this app, when the app runs on it (dropped with the app).
+    _database: Option<TestDatabase>,
 }
 
 /// Another instance on a [`TestApp`]'s database (from [`TestApp::spawn_sibling`]).
@@ -59,11 +57,8 @@ impl TestApp {
         let smtp = SmtpSink::start().await;
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let database_url = format!(
-            "{}/latchkey_test_{}",
-            postgres_base(),
-            uuid::Uuid::new_v4().simple()
-        );
+        let database = TestDatabase::named();
+        let database_url = database.url().to_owned();
         let mut config = Config::defaults().expect("defaults");
         config.database_url = SecretString::from(database_url.clone());
         config.listen = addr;
@@ -76,6 +71,11 @@ impl TestApp {
             base64::engine::general_purpose::STANDARD.encode([42u8; 32]),
         ));
         tweak(&mut config);
+        // The app drops the database it named only if it runs on it (a tweak may reach it
+        // through a proxy, or put this app on another app's database, which that app drops).
+        let runs_on_it =
+            database_name(config.database_url.expose_secret()).as_deref() == Some(database.name());
+        let database = runs_on_it.then_some(database);
         latchkey::telemetry::init(&config.log, config.log_format);
         let server = Server::start(config, listener)
             .await
@@ -87,6 +87,7 @@ impl TestApp {
             smtp,
             database_url,
             server: Some(server),
+            _database: database,
         }
     }
 
@@ -185,6 +186,23 @@ impl TestApp {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+impl Drop for TestApp {
+    /// Ends the app's use of its database, which then drops (`TestDatabase`'s Drop, with
+    /// force for connections still open). Not a graceful stop (`stop()` is async): the
+    /// pool is marked closed at once, so the server's background tasks stop taking
+    /// connections, and the server's tasks end with the test's runtime.
+    fn drop(&mut self) {
+        drop(self.pool.close());
+        drop(self.server.take());
+    }
+}
+
+/// The database a Postgres URL names (its path without the leading slash).
+fn database_name(url: &str) -> Option<String> {
+    let url = url::Url::parse(url).ok()?;
+    Some(url.path().trim_start_matches('/').to_owned())
 }
 
 impl Browser {

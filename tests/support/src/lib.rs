@@ -12,6 +12,7 @@
 //!   harness for every concurrency test.
 
 pub mod burst;
+pub mod database;
 pub mod helpers;
 pub mod process;
 pub mod smtp_sink;

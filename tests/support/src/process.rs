@@ -13,15 +13,12 @@ use latchkey::store::users;
 use secrecy::SecretString;
 use sqlx::PgPool;
 
-use crate::helpers::postgres_base;
+pub use crate::database::TestDatabase;
 
-/// A fresh database URL (`latchkey_test_<uuid>`); `serve` creates the database at start.
-pub fn fresh_database_url() -> String {
-    format!(
-        "{}/latchkey_test_{}",
-        postgres_base(),
-        uuid::Uuid::new_v4().simple()
-    )
+/// A fresh database (`latchkey_test_<uuid>`), not yet created: `serve` creates it at
+/// start. Dropped when the returned value drops, so declare it before the processes.
+pub fn fresh_database() -> TestDatabase {
+    TestDatabase::named()
 }
 
 /// The secret every instance of one test shares (cookies made by one verify on another).
