@@ -160,15 +160,7 @@ async fn upgrading_from_0001_keeps_every_account_password_session_link_and_mail(
 
     // The link is still single-use and sets a new password.
     let reset = carol
-        .submit(
-            &format!("/reset-password?token={CAROL_TOKEN}"),
-            "/reset-password",
-            &[
-                ("token", CAROL_TOKEN),
-                ("new_password", NEW_PASSWORD),
-                ("new_password_confirm", NEW_PASSWORD),
-            ],
-        )
+        .reset_password(CAROL_TOKEN, NEW_PASSWORD, NEW_PASSWORD)
         .await;
     assert_status(&reset, StatusCode::SEE_OTHER);
     assert_status(

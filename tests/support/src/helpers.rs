@@ -163,9 +163,7 @@ impl TestApp {
     /// Asks for a reset link for `email` as a person would, and returns the token of the
     /// `nth` mail that address has received (which must be the last one).
     pub async fn request_reset_link(&self, browser: &Browser, email: &str, nth: usize) -> String {
-        let response = browser
-            .submit("/forgot-password", "/forgot-password", &[("email", email)])
-            .await;
+        let response = browser.forgot_password(email).await;
         assert_status(&response, StatusCode::OK);
         let mails = self.mails_to(email, nth).await;
         assert_eq!(mails.len(), nth, "mails to {email}");
@@ -273,6 +271,107 @@ impl Browser {
                 ("new_password", password),
                 ("new_password_confirm", confirm),
             ],
+        )
+        .await
+    }
+
+    /// The second step of a sign-in: a TOTP or recovery code on `/sign-in/two-factor`.
+    pub async fn second_step(&self, code: &str) -> Response {
+        self.submit(
+            "/sign-in/two-factor",
+            "/sign-in/two-factor",
+            &[("totp_code", code)],
+        )
+        .await
+    }
+
+    /// Asks for a reset link for `email` from the forgot-password page.
+    pub async fn forgot_password(&self, email: &str) -> Response {
+        self.submit("/forgot-password", "/forgot-password", &[("email", email)])
+            .await
+    }
+
+    /// The reset form of an account with two-factor: the code goes with the new password.
+    pub async fn reset_password_with_code(
+        &self,
+        token: &str,
+        password: &str,
+        confirm: &str,
+        code: &str,
+    ) -> Response {
+        self.submit(
+            &format!("/reset-password?token={token}"),
+            "/reset-password",
+            &[
+                ("token", token),
+                ("new_password", password),
+                ("new_password_confirm", confirm),
+                ("totp_code", code),
+            ],
+        )
+        .await
+    }
+
+    /// Settings → Security → Change password.
+    pub async fn change_password(&self, current: &str, new: &str, confirm: &str) -> Response {
+        self.submit(
+            "/settings/security",
+            "/settings/security/password",
+            &[
+                ("current_password", current),
+                ("new_password", new),
+                ("new_password_confirm", confirm),
+            ],
+        )
+        .await
+    }
+
+    /// Turns two-factor on with the current password and a code from the new secret.
+    pub async fn enable_two_factor(&self, password: &str, code: &str) -> Response {
+        self.submit(
+            "/settings/security/two-factor",
+            "/settings/security/two-factor/enable",
+            &[("current_password", password), ("totp_code", code)],
+        )
+        .await
+    }
+
+    /// Turns two-factor off with the current password and a code.
+    pub async fn disable_two_factor(&self, password: &str, code: &str) -> Response {
+        self.submit(
+            "/settings/security/two-factor",
+            "/settings/security/two-factor/disable",
+            &[("current_password", password), ("totp_code", code)],
+        )
+        .await
+    }
+
+    /// New recovery codes (the old ones stop working), for the password and a code.
+    pub async fn regenerate_recovery_codes(&self, password: &str, code: &str) -> Response {
+        self.submit(
+            "/settings/security/two-factor",
+            "/settings/security/two-factor/recovery-codes",
+            &[("current_password", password), ("totp_code", code)],
+        )
+        .await
+    }
+
+    /// Settings → Security → Sign out other sessions.
+    pub async fn sign_out_other_sessions(&self) -> Response {
+        self.submit(
+            "/settings/security",
+            "/settings/security/sessions/revoke-others",
+            &[],
+        )
+        .await
+    }
+
+    /// Settings → Security → Sign out on one session, by the id the page lists.
+    pub async fn sign_out_session(&self, session_id: impl std::fmt::Display) -> Response {
+        self.submit(
+            "/settings/security",
+            &format!("/settings/security/sessions/{session_id}/revoke"),
+            &[],
         )
         .await
     }
