@@ -1,5 +1,5 @@
 //! The account limits under concurrency, attacked as an attacker would: every request of
-//! a burst written at once (tests/it/burst.rs), spread over two instances on one database
+//! a burst written at once (tests/support/src/burst.rs), spread over two instances on one database
 //! and several source addresses, several rounds each — a race that loses once in ten is
 //! still a race.
 
