@@ -1,19 +1,12 @@
 //! End-to-end tests in headless Chromium (Debian's chromium + chromedriver, set up by
-//! `.ci/setup-browser`). Each flow gets the real server in-process (the `tests/it`
-//! harness: fresh Postgres database, real SMTP sink) and a fresh browser profile, and
-//! is done by keyboard alone, once with JavaScript and once without. Every page is
+//! `.ci/setup-browser`). Each flow gets the real server in-process (the shared harness
+//! of tests/support/: fresh Postgres database, real SMTP sink) and a fresh browser
+//! profile, and is done by keyboard alone, once with JavaScript and once without. Every page is
 //! checked for console errors, CSP violations and axe-core violations, and
 //! photographed at 375 and 1280 px, light and dark, into `target/screenshots/`.
 //!
 //! `cargo test --test browser` runs them all, one browser at a time;
 //! `cargo test --test browser -- two_factor` runs the flows whose name contains it.
-
-#[path = "../it/helpers.rs"]
-#[allow(dead_code)]
-mod helpers;
-#[path = "../it/smtp_sink.rs"]
-#[allow(dead_code)]
-mod smtp_sink;
 
 mod driver;
 mod flows;
@@ -24,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use driver::Driver;
-use helpers::TestApp;
+use latchkey_test_support::helpers::{self, TestApp};
 use page::{Page, Report};
 
 const FLOWS: [&str; 6] = [

@@ -65,12 +65,7 @@ async fn user_create_makes_an_account_that_can_sign_in() {
 
 #[tokio::test]
 async fn migrate_creates_a_missing_database() {
-    let url = format!(
-        "{}/latchkey_test_{}",
-        std::env::var("LATCHKEY_TEST_PG")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into()),
-        uuid::Uuid::new_v4().simple()
-    );
+    let url = crate::process::fresh_database();
     let out = latchkey(&url, &["migrate"], "");
     assert!(
         out.status.success(),

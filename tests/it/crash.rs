@@ -64,9 +64,7 @@ async fn prepare_reset(base: &str, smtp: &SmtpSink, email: String) -> Prepared {
         StatusCode::SEE_OTHER,
     );
     let browser = Browser::new(base);
-    let asked = browser
-        .submit("/forgot-password", "/forgot-password", &[("email", &email)])
-        .await;
+    let asked = browser.forgot_password(&email).await;
     assert_status(&asked, StatusCode::OK);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let mail = loop {
@@ -109,7 +107,7 @@ async fn count(pool: &PgPool, sql: &str, email: &str) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_changes_and_resets_leaves_old_or_new_password_never_neither() {
     let smtp = SmtpSink::start().await;
-    let database_url = process::fresh_database_url();
+    let database_url = process::fresh_database();
     let seed: u64 = rand::random();
     println!("crash test seed {seed}");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
@@ -252,15 +250,7 @@ async fn sigkill_during_changes_and_resets_leaves_old_or_new_password_never_neit
                 // The link the crash interrupted still works, once.
                 let browser = Browser::new(&fresh.base);
                 let redeemed = browser
-                    .submit(
-                        &format!("/reset-password?token={token}"),
-                        "/reset-password",
-                        &[
-                            ("token", token),
-                            ("new_password", NEW_PASSWORD),
-                            ("new_password_confirm", NEW_PASSWORD),
-                        ],
-                    )
+                    .reset_password(token, NEW_PASSWORD, NEW_PASSWORD)
                     .await;
                 assert_status(&redeemed, StatusCode::SEE_OTHER);
             }

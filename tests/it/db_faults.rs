@@ -89,13 +89,7 @@ async fn a_database_outage_answers_503_quickly_and_the_service_recovers_by_itsel
     // Bob asks for a link while mail is down: the outbox keeps it, the first try fails.
     app.smtp.set_down(true);
     let bob = app.browser();
-    let asked = bob
-        .submit(
-            "/forgot-password",
-            "/forgot-password",
-            &[("email", "bob@example.com")],
-        )
-        .await;
+    let asked = bob.forgot_password("bob@example.com").await;
     assert_status(&asked, StatusCode::OK);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -200,11 +194,7 @@ async fn answers_503_without_hanging(app: &TestApp, session: &str) {
     assert_outage_page("POST /sign-in", sign_in).await;
     let forgot = quickly(
         "POST /forgot-password",
-        stranger.submit(
-            "/forgot-password",
-            "/forgot-password",
-            &[("email", "alice@example.com")],
-        ),
+        stranger.forgot_password("alice@example.com"),
     )
     .await;
     assert_outage_page("POST /forgot-password", forgot).await;

@@ -994,14 +994,10 @@ fn attack(threads: &'static str, who: Who, tweak: fn(&mut latchkey::config::Conf
         if let (Ok(()), Some(token)) = (&result, target.live_token.clone()) {
             let browser = app.browser();
             let response = browser
-                .submit(
-                    &format!("/reset-password?token={token}"),
-                    "/reset-password",
-                    &[
-                        ("token", &token),
-                        ("new_password", "a brand new passphrase here"),
-                        ("new_password_confirm", "a brand new passphrase here"),
-                    ],
+                .reset_password(
+                    &token,
+                    "a brand new passphrase here",
+                    "a brand new passphrase here",
                 )
                 .await;
             assert_status(&response, StatusCode::SEE_OTHER);

@@ -169,13 +169,7 @@ async fn the_sweep_deletes_only_what_is_dead_and_keeps_what_is_live() {
         0,
         "no other session listed"
     );
-    let revoked = live
-        .submit(
-            "/settings/security",
-            "/settings/security/sessions/revoke-others",
-            &[],
-        )
-        .await;
+    let revoked = live.sign_out_other_sessions().await;
     assert_eq!(
         location(&revoked),
         "/settings/security?notice=sessions-revoked&count=0"

@@ -17,7 +17,7 @@ fn on(base: &str, link: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_share_sessions_links_throttling_and_the_outbox() {
-    let database_url = process::fresh_database_url();
+    let database_url = process::fresh_database();
     two_instances_share_everything(&database_url, &database_url, &[]).await;
 }
 
@@ -68,13 +68,7 @@ pub async fn two_instances_share_everything(
     assert_status(&on_a.get("/").await, StatusCode::SEE_OTHER);
 
     // A link issued by A is redeemed on B; the new password works on A.
-    let asked = on_a
-        .submit(
-            "/forgot-password",
-            "/forgot-password",
-            &[("email", "alice@example.com")],
-        )
-        .await;
+    let asked = on_a.forgot_password("alice@example.com").await;
     assert_status(&asked, StatusCode::OK);
     let mails = smtp.wait_for(1, Duration::from_secs(60)).await;
     assert_eq!(mails.len(), 1);
@@ -129,9 +123,7 @@ pub async fn two_instances_share_everything(
     // both workers find them due at the same moment.
     for (i, email) in emails.iter().enumerate() {
         let instance = if i % 2 == 0 { &a } else { &b };
-        let asked = Browser::new(&instance.base)
-            .submit("/forgot-password", "/forgot-password", &[("email", email)])
-            .await;
+        let asked = Browser::new(&instance.base).forgot_password(email).await;
         assert_status(&asked, StatusCode::OK);
     }
     let mut tx = db.begin().await.expect("tx");

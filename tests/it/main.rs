@@ -1,18 +1,20 @@
 //! latchkey's integration tests: the real server on a random port, a fresh Postgres
 //! database per test, real SMTP to a local sink, driven over HTTP with a cookie jar.
+//! The harness is the `latchkey-test-support` crate (tests/support/); its modules are
+//! imported here so every test reaches them as `crate::helpers`, `crate::burst`, ….
 
-mod burst;
+use latchkey_test_support::{burst, database, helpers, process, smtp_sink, tcp_proxy};
+
 mod cli;
 mod crash;
 mod db_faults;
 mod email_key;
 mod ha;
-mod helpers;
+mod harness;
 mod hostile;
 mod housekeeping;
 mod instances;
 mod migrations;
-mod process;
 mod races;
 mod reset;
 mod round_trips;
@@ -20,9 +22,7 @@ mod server_limits;
 mod session_binding;
 mod settings;
 mod sign_in;
-mod smtp_sink;
 mod smtp_tls;
 mod soak;
 mod strength;
-mod tcp_proxy;
 mod two_factor;

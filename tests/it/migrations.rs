@@ -7,9 +7,10 @@ use std::borrow::Cow;
 use latchkey::db::MIGRATOR;
 use reqwest::StatusCode;
 use secrecy::SecretString;
+use sqlx::PgPool;
 use sqlx::migrate::Migrator;
-use sqlx::{Connection, PgPool};
 
+use crate::database::TestDatabase;
 use crate::helpers::*;
 
 const FIXTURE: &str = include_str!("../fixtures/schema_0001_data.sql");
@@ -38,23 +39,14 @@ fn migrations_up_to(version: i64) -> Migrator {
 }
 
 /// A fresh database migrated to version 0001 only, with the fixture loaded.
-async fn database_at_0001() -> String {
+async fn database_at_0001() -> TestDatabase {
     database_at(1, &[FIXTURE]).await
 }
 
-/// A fresh database migrated up to `version` only, with `fixtures` loaded in order.
-async fn database_at(version: i64, fixtures: &[&str]) -> String {
-    let base = std::env::var("LATCHKEY_TEST_PG")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
-    let name = format!("latchkey_test_{}", uuid::Uuid::new_v4().simple());
-    let mut admin = sqlx::PgConnection::connect(&format!("{base}/postgres"))
-        .await
-        .expect("postgres");
-    sqlx::query(&format!("create database {name}"))
-        .execute(&mut admin)
-        .await
-        .expect("create database");
-    let url = format!("{base}/{name}");
+/// A fresh database migrated up to `version` only, with `fixtures` loaded in order;
+/// dropped when the returned value drops.
+async fn database_at(version: i64, fixtures: &[&str]) -> TestDatabase {
+    let url = TestDatabase::create().await;
     let pool = PgPool::connect(&url).await.expect("connect");
     let previous = migrations_up_to(version);
     assert_eq!(
@@ -100,7 +92,7 @@ async fn upgrading_from_0001_keeps_every_account_password_session_link_and_mail(
     assert_eq!(before.len(), ACCOUNTS.len());
 
     // The upgrade: the service migrates at start-up, as an operator's deploy would.
-    let app = TestApp::spawn_with(|c| c.database_url = SecretString::from(url.clone())).await;
+    let app = TestApp::spawn_with(|c| c.database_url = SecretString::from(url.to_string())).await;
 
     let applied: Vec<(i64,)> =
         sqlx::query_as("select version from _sqlx_migrations where success order by version")
@@ -168,15 +160,7 @@ async fn upgrading_from_0001_keeps_every_account_password_session_link_and_mail(
 
     // The link is still single-use and sets a new password.
     let reset = carol
-        .submit(
-            &format!("/reset-password?token={CAROL_TOKEN}"),
-            "/reset-password",
-            &[
-                ("token", CAROL_TOKEN),
-                ("new_password", NEW_PASSWORD),
-                ("new_password_confirm", NEW_PASSWORD),
-            ],
-        )
+        .reset_password(CAROL_TOKEN, NEW_PASSWORD, NEW_PASSWORD)
         .await;
     assert_status(&reset, StatusCode::SEE_OTHER);
     assert_status(
@@ -223,7 +207,7 @@ async fn upgrading_to_0003_keys_every_account_in_rust_and_keeps_addresses_unique
         pool.close().await;
     }
 
-    let app = TestApp::spawn_with(|c| c.database_url = SecretString::from(url.clone())).await;
+    let app = TestApp::spawn_with(|c| c.database_url = SecretString::from(url.to_string())).await;
 
     let keys: Vec<(String, String)> =
         sqlx::query_as("select email, email_key from users order by email collate \"C\"")
@@ -290,7 +274,7 @@ const FIXTURE_0002: &str = include_str!("../fixtures/schema_0002_data.sql");
 #[tokio::test]
 async fn upgrading_from_0002_keeps_each_address_throttle_standing() {
     let url = database_at(2, &[FIXTURE, FIXTURE_0002]).await;
-    let app = TestApp::spawn_with(|c| c.database_url = SecretString::from(url.clone())).await;
+    let app = TestApp::spawn_with(|c| c.database_url = SecretString::from(url.to_string())).await;
 
     // Waiting out a delay before the upgrade: still waiting after it, right password or not.
     let waiting = app

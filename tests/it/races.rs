@@ -1,5 +1,5 @@
 //! The account limits under concurrency, attacked as an attacker would: every request of
-//! a burst written at once (tests/it/burst.rs), spread over two instances on one database
+//! a burst written at once (tests/support/src/burst.rs), spread over two instances on one database
 //! and several source addresses, several rounds each — a race that loses once in ten is
 //! still a race.
 
@@ -221,13 +221,7 @@ async fn thirty_wrong_codes_at_once_on_the_reset_form_get_at_most_five_checked()
         let email = format!("alice{round}@example.com");
         let (_setup, secret, _codes) = enabled(&app, &email).await;
         let browser = app.browser();
-        let asked = browser
-            .submit(
-                "/forgot-password",
-                "/forgot-password",
-                &[("email", email.as_str())],
-            )
-            .await;
+        let asked = browser.forgot_password(email.as_str()).await;
         assert_status(&asked, StatusCode::OK);
         // The first mail said two-factor was turned on; the second carries the link.
         let mails = app.mails_to(&email, 2).await;

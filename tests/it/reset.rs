@@ -84,20 +84,8 @@ async fn known_and_unknown_addresses_get_the_same_page_and_only_one_gets_mail() 
     let app = TestApp::spawn().await;
     app.create_user("alice@example.com", PASSWORD).await;
     let browser = app.browser();
-    let known = browser
-        .submit(
-            "/forgot-password",
-            "/forgot-password",
-            &[("email", "alice@example.com")],
-        )
-        .await;
-    let unknown = browser
-        .submit(
-            "/forgot-password",
-            "/forgot-password",
-            &[("email", "nobody@example.com")],
-        )
-        .await;
+    let known = browser.forgot_password("alice@example.com").await;
+    let unknown = browser.forgot_password("nobody@example.com").await;
     assert_status(&known, StatusCode::OK);
     assert_status(&unknown, StatusCode::OK);
     let known = known.text().await.unwrap();
@@ -123,9 +111,7 @@ async fn malformed_or_injected_addresses_are_refused_with_422() {
         "a@b.com\r\nBcc: victim@example.com",
         &format!("{}@example.com", "a".repeat(300)),
     ] {
-        let response = browser
-            .submit("/forgot-password", "/forgot-password", &[("email", bad)])
-            .await;
+        let response = browser.forgot_password(bad).await;
         assert_status(&response, StatusCode::UNPROCESSABLE_ENTITY);
         assert!(
             response
@@ -475,13 +461,7 @@ async fn an_address_gets_at_most_three_links_an_hour() {
         app.request_reset_link(&browser, "alice@example.com", n)
             .await;
     }
-    let fourth = browser
-        .submit(
-            "/forgot-password",
-            "/forgot-password",
-            &[("email", "alice@example.com")],
-        )
-        .await;
+    let fourth = browser.forgot_password("alice@example.com").await;
     assert_status(&fourth, StatusCode::OK);
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(app.smtp.messages_to("alice@example.com").len(), 3);
@@ -492,22 +472,10 @@ async fn one_ip_may_ask_for_links_only_so_often() {
     let app = TestApp::spawn_with(|c| c.ip_rate_limit = 2).await;
     let browser = app.browser();
     for _ in 0..2 {
-        let r = browser
-            .submit(
-                "/forgot-password",
-                "/forgot-password",
-                &[("email", "x@example.com")],
-            )
-            .await;
+        let r = browser.forgot_password("x@example.com").await;
         assert_status(&r, StatusCode::OK);
     }
-    let limited = browser
-        .submit(
-            "/forgot-password",
-            "/forgot-password",
-            &[("email", "x@example.com")],
-        )
-        .await;
+    let limited = browser.forgot_password("x@example.com").await;
     assert_status(&limited, StatusCode::TOO_MANY_REQUESTS);
     assert!(limited.headers().contains_key("retry-after"));
 }
@@ -518,13 +486,7 @@ async fn mail_queued_while_smtp_is_down_is_delivered_once_it_returns_even_across
     app.create_user("alice@example.com", PASSWORD).await;
     app.smtp.set_down(true);
     let browser = app.browser();
-    let r = browser
-        .submit(
-            "/forgot-password",
-            "/forgot-password",
-            &[("email", "alice@example.com")],
-        )
-        .await;
+    let r = browser.forgot_password("alice@example.com").await;
     assert_status(&r, StatusCode::OK);
     // The first attempt fails and is scheduled for later.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -576,7 +538,7 @@ async fn mail_queued_while_smtp_is_down_is_delivered_once_it_returns_even_across
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_link_lifetime_follows_latchkey_reset_token_ttl_secs() {
     let smtp = crate::smtp_sink::SmtpSink::start().await;
-    let database_url = crate::process::fresh_database_url();
+    let database_url = crate::process::fresh_database();
     let service = crate::process::ServiceProcess::start(
         &database_url,
         &smtp.url(),
@@ -586,13 +548,7 @@ async fn the_link_lifetime_follows_latchkey_reset_token_ttl_secs() {
     let db = crate::process::connect(&database_url).await;
     crate::process::create_users(&db, &["alice@example.com".into()], PASSWORD).await;
     let browser = Browser::new(&service.base);
-    let asked = browser
-        .submit(
-            "/forgot-password",
-            "/forgot-password",
-            &[("email", "alice@example.com")],
-        )
-        .await;
+    let asked = browser.forgot_password("alice@example.com").await;
     assert_status(&asked, StatusCode::OK);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     let link = loop {

@@ -11,7 +11,7 @@ use tokio::net::TcpStream;
 
 use crate::burst::{RawRequest, burst, source, tally, target};
 use crate::helpers::*;
-use crate::process::{ServiceProcess, fresh_database_url};
+use crate::process::{ServiceProcess, fresh_database};
 
 /// Half a request head: the request line and one header, then nothing.
 const HALF_HEAD: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\n";
@@ -226,7 +226,8 @@ async fn a_generated_development_key_is_readable_by_its_owner_only() {
     use std::os::unix::fs::PermissionsExt;
 
     // No SMTP URL either: the file transport's var/mail must not make var/ public first.
-    let process = ServiceProcess::start_without_secret_key(&fresh_database_url(), "", &[]).await;
+    let database = fresh_database();
+    let process = ServiceProcess::start_without_secret_key(&database, "", &[]).await;
     let mode = |path: &str| {
         std::fs::metadata(process.dir().join(path))
             .unwrap_or_else(|e| panic!("{path}: {e}"))

@@ -49,9 +49,7 @@ async fn fresh_reset_link(
     email: &str,
     used: &[String],
 ) -> String {
-    let asked = browser
-        .submit("/forgot-password", "/forgot-password", &[("email", email)])
-        .await;
+    let asked = browser.forgot_password(email).await;
     assert_status(&asked, StatusCode::OK);
     let prefix = format!("{}/reset-password?token=", app.base);
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
@@ -294,17 +292,7 @@ async fn turning_two_factor_off_with_a_new_password_rotates_the_session_id() {
     let (browser, _secret, codes) = crate::two_factor::enabled(&app, email).await;
     // With two-factor on, 8 characters are enough; off, they are not.
     let short = "short pw";
-    let changed = browser
-        .submit(
-            "/settings/security",
-            "/settings/security/password",
-            &[
-                ("current_password", PASSWORD),
-                ("new_password", short),
-                ("new_password_confirm", short),
-            ],
-        )
-        .await;
+    let changed = browser.change_password(PASSWORD, short, short).await;
     assert_status(&changed, StatusCode::SEE_OTHER);
     let before = browser.session_cookie().expect("session");
 
@@ -446,13 +434,7 @@ async fn a_csrf_token_from_one_session_does_not_work_with_another() {
     );
 
     // The token of session 2's own page works.
-    let own = other
-        .submit(
-            "/settings/security",
-            "/settings/security/sessions/revoke-others",
-            &[],
-        )
-        .await;
+    let own = other.sign_out_other_sessions().await;
     assert_status(&own, StatusCode::SEE_OTHER);
 }
 

@@ -4,20 +4,6 @@ use reqwest::StatusCode;
 
 use crate::helpers::*;
 
-async fn change(browser: &Browser, current: &str, new: &str, confirm: &str) -> reqwest::Response {
-    browser
-        .submit(
-            "/settings/security",
-            "/settings/security/password",
-            &[
-                ("current_password", current),
-                ("new_password", new),
-                ("new_password_confirm", confirm),
-            ],
-        )
-        .await
-}
-
 #[tokio::test]
 async fn settings_asks_strangers_to_sign_in_and_brings_them_back() {
     let app = TestApp::spawn().await;
@@ -73,7 +59,9 @@ async fn changing_the_password_keeps_this_session_and_ends_the_others() {
     two.sign_in("alice@example.com", PASSWORD).await;
     let old_cookie = one.session_cookie().unwrap();
 
-    let response = change(&one, PASSWORD, NEW_PASSWORD, NEW_PASSWORD).await;
+    let response = one
+        .change_password(PASSWORD, NEW_PASSWORD, NEW_PASSWORD)
+        .await;
     assert_status(&response, StatusCode::SEE_OTHER);
     assert!(location(&response).starts_with("/settings/security?notice=password-changed"));
     let page = one.get(&location(&response)).await;
@@ -156,7 +144,7 @@ async fn bad_changes_are_refused_with_422_and_change_nothing() {
             "must be different from your current password",
         ),
     ] {
-        let response = change(&browser, current, new, confirm).await;
+        let response = browser.change_password(current, new, confirm).await;
         assert_status(&response, StatusCode::UNPROCESSABLE_ENTITY);
         let body = response.text().await.unwrap();
         assert!(body.contains(message), "{message}");
@@ -196,9 +184,13 @@ async fn wrong_current_passwords_count_toward_the_throttle() {
     let browser = app.browser();
     browser.sign_in("alice@example.com", PASSWORD).await;
     for _ in 0..2 {
-        change(&browser, "guess number one two", NEW_PASSWORD, NEW_PASSWORD).await;
+        browser
+            .change_password("guess number one two", NEW_PASSWORD, NEW_PASSWORD)
+            .await;
     }
-    let throttled = change(&browser, PASSWORD, NEW_PASSWORD, NEW_PASSWORD).await;
+    let throttled = browser
+        .change_password(PASSWORD, NEW_PASSWORD, NEW_PASSWORD)
+        .await;
     assert_status(&throttled, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(
         throttled
@@ -249,13 +241,7 @@ async fn other_sessions_can_be_signed_out_all_at_once_or_one_by_one() {
     ];
     assert_eq!(alive.iter().filter(|s| **s == StatusCode::OK).count(), 1);
 
-    let response = me
-        .submit(
-            "/settings/security",
-            "/settings/security/sessions/revoke-others",
-            &[],
-        )
-        .await;
+    let response = me.sign_out_other_sessions().await;
     assert_status(&response, StatusCode::SEE_OTHER);
     assert_eq!(laptop.get("/").await.status(), StatusCode::SEE_OTHER);
     assert_eq!(phone.get("/").await.status(), StatusCode::SEE_OTHER);
@@ -276,13 +262,7 @@ async fn one_account_cannot_sign_out_another_accounts_session() {
     let (bob_session,): (uuid::Uuid,) = sqlx::query_as(
         "select s.public_id from sessions s join users u on u.id = s.user_id where u.email = 'bob@example.com'",
     ).fetch_one(&app.pool).await.unwrap();
-    let response = alice
-        .submit(
-            "/settings/security",
-            &format!("/settings/security/sessions/{bob_session}/revoke"),
-            &[],
-        )
-        .await;
+    let response = alice.sign_out_session(&bob_session).await;
     assert_status(&response, StatusCode::SEE_OTHER);
     assert_eq!(bob.get("/").await.status(), StatusCode::OK);
 }
@@ -296,7 +276,9 @@ async fn recent_activity_lists_the_accounts_security_events() {
         .sign_in("alice@example.com", "a wrong password here")
         .await;
     browser.sign_in("alice@example.com", PASSWORD).await;
-    change(&browser, PASSWORD, NEW_PASSWORD, NEW_PASSWORD).await;
+    browser
+        .change_password(PASSWORD, NEW_PASSWORD, NEW_PASSWORD)
+        .await;
     let page = browser
         .get("/settings/security")
         .await
@@ -332,13 +314,7 @@ async fn sign_out_other_sessions_counts_only_the_live_ones() {
         .expect("expire a session");
     assert_eq!(old_phone.get("/").await.status(), StatusCode::SEE_OTHER);
 
-    let response = me
-        .submit(
-            "/settings/security",
-            "/settings/security/sessions/revoke-others",
-            &[],
-        )
-        .await;
+    let response = me.sign_out_other_sessions().await;
     assert_status(&response, StatusCode::SEE_OTHER);
     assert!(
         location(&response).contains("count=1"),

@@ -613,15 +613,7 @@ async fn an_absurdly_long_current_password_is_simply_wrong() {
     browser.sign_in("alice@example.com", PASSWORD).await;
     let huge = "x".repeat(4000);
     let response = browser
-        .submit(
-            "/settings/security",
-            "/settings/security/password",
-            &[
-                ("current_password", &huge),
-                ("new_password", NEW_PASSWORD),
-                ("new_password_confirm", NEW_PASSWORD),
-            ],
-        )
+        .change_password(&huge, NEW_PASSWORD, NEW_PASSWORD)
         .await;
     assert_status(&response, StatusCode::UNPROCESSABLE_ENTITY);
     assert_status(

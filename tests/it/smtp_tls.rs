@@ -173,10 +173,7 @@ impl Drop for TlsRelay {
 
 async fn ask_for_reset(app: &TestApp, email: &str) {
     app.create_user(email, "correct horse battery staple").await;
-    let response = app
-        .browser()
-        .submit("/forgot-password", "/forgot-password", &[("email", email)])
-        .await;
+    let response = app.browser().forgot_password(email).await;
     assert_status(&response, StatusCode::OK);
 }
 

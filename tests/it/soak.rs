@@ -353,7 +353,7 @@ async fn soak() {
     let duration = Duration::from_secs(secs);
     let warm_up = (duration / 4).max(Duration::from_secs(10));
     let smtp = Arc::new(SmtpSink::start().await);
-    let database_url = process::fresh_database_url();
+    let database_url = process::fresh_database();
     // Resets are the point here: lift the per-hour cap on reset mails.
     let mut service = ServiceProcess::start(
         &database_url,

@@ -63,14 +63,7 @@ pub(crate) async fn enabled(app: &TestApp, email: &str) -> (Browser, Vec<u8>, Ve
         .unwrap();
     let secret = secret_on(&page);
     let response = browser
-        .submit(
-            "/settings/security/two-factor",
-            "/settings/security/two-factor/enable",
-            &[
-                ("current_password", PASSWORD),
-                ("totp_code", &code_at(&secret, 0)),
-            ],
-        )
+        .enable_two_factor(PASSWORD, &code_at(&secret, 0))
         .await;
     assert_status(&response, StatusCode::OK);
     let codes = recovery_codes_on(&response.text().await.unwrap());
@@ -110,23 +103,10 @@ async fn enabling_needs_the_password_and_a_right_code_and_shows_ten_codes_once()
         secret
     );
 
-    let wrong_code = browser
-        .submit(
-            "/settings/security/two-factor",
-            "/settings/security/two-factor/enable",
-            &[("current_password", PASSWORD), ("totp_code", "000000")],
-        )
-        .await;
+    let wrong_code = browser.enable_two_factor(PASSWORD, "000000").await;
     assert_status(&wrong_code, StatusCode::UNPROCESSABLE_ENTITY);
     let wrong_password = browser
-        .submit(
-            "/settings/security/two-factor",
-            "/settings/security/two-factor/enable",
-            &[
-                ("current_password", "not the password at all"),
-                ("totp_code", &code_at(&secret, 0)),
-            ],
-        )
+        .enable_two_factor("not the password at all", &code_at(&secret, 0))
         .await;
     assert_status(&wrong_password, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(
@@ -136,14 +116,7 @@ async fn enabling_needs_the_password_and_a_right_code_and_shows_ten_codes_once()
     );
 
     let right = browser
-        .submit(
-            "/settings/security/two-factor",
-            "/settings/security/two-factor/enable",
-            &[
-                ("current_password", PASSWORD),
-                ("totp_code", &code_at(&secret, 0)),
-            ],
-        )
+        .enable_two_factor(PASSWORD, &code_at(&secret, 0))
         .await;
     assert_status(&right, StatusCode::OK);
     let codes = recovery_codes_on(&right.text().await.unwrap());
@@ -220,23 +193,11 @@ async fn sign_in_asks_for_the_second_step_and_only_then_signs_in() {
 
     let page = browser.get("/sign-in/two-factor").await;
     assert_status(&page, StatusCode::OK);
-    let wrong = browser
-        .submit(
-            "/sign-in/two-factor",
-            "/sign-in/two-factor",
-            &[("totp_code", "123456")],
-        )
-        .await;
+    let wrong = browser.second_step("123456").await;
     assert_status(&wrong, StatusCode::UNPROCESSABLE_ENTITY);
 
     let code = fresh_code(&secret);
-    let done = browser
-        .submit(
-            "/sign-in/two-factor",
-            "/sign-in/two-factor",
-            &[("totp_code", &code)],
-        )
-        .await;
+    let done = browser.second_step(&code).await;
     assert_status(&done, StatusCode::SEE_OTHER);
     assert_eq!(
         location(&done),
@@ -253,13 +214,7 @@ async fn sign_in_asks_for_the_second_step_and_only_then_signs_in() {
     // The same code again, from another browser: a replay.
     let other = app.browser();
     other.sign_in("alice@example.com", PASSWORD).await;
-    let replay = other
-        .submit(
-            "/sign-in/two-factor",
-            "/sign-in/two-factor",
-            &[("totp_code", &code)],
-        )
-        .await;
+    let replay = other.second_step(&code).await;
     assert_status(&replay, StatusCode::UNPROCESSABLE_ENTITY);
     assert_status(&other.get("/").await, StatusCode::SEE_OTHER);
 }
@@ -288,25 +243,13 @@ async fn a_recovery_code_works_once() {
     let (_setup, _secret, codes) = enabled(&app, "alice@example.com").await;
     let browser = app.browser();
     browser.sign_in("alice@example.com", PASSWORD).await;
-    let done = browser
-        .submit(
-            "/sign-in/two-factor",
-            "/sign-in/two-factor",
-            &[("totp_code", &codes[3].to_uppercase())],
-        )
-        .await;
+    let done = browser.second_step(&codes[3].to_uppercase()).await;
     assert_status(&done, StatusCode::SEE_OTHER);
     assert_status(&browser.get("/").await, StatusCode::OK);
 
     let again = app.browser();
     again.sign_in("alice@example.com", PASSWORD).await;
-    let reused = again
-        .submit(
-            "/sign-in/two-factor",
-            "/sign-in/two-factor",
-            &[("totp_code", &codes[3])],
-        )
-        .await;
+    let reused = again.second_step(&codes[3]).await;
     assert_status(&reused, StatusCode::UNPROCESSABLE_ENTITY);
 }
 
@@ -317,13 +260,7 @@ async fn wrong_codes_count_toward_the_throttle_and_a_password_alone_does_not_cle
     let browser = app.browser();
     browser.sign_in("alice@example.com", PASSWORD).await;
     for _ in 0..2 {
-        let r = browser
-            .submit(
-                "/sign-in/two-factor",
-                "/sign-in/two-factor",
-                &[("totp_code", "000000")],
-            )
-            .await;
+        let r = browser.second_step("000000").await;
         assert_status(&r, StatusCode::UNPROCESSABLE_ENTITY);
     }
     // A correct password does not wipe the count...
@@ -332,22 +269,10 @@ async fn wrong_codes_count_toward_the_throttle_and_a_password_alone_does_not_cle
         &again.sign_in("alice@example.com", PASSWORD).await,
         StatusCode::SEE_OTHER,
     );
-    let third = again
-        .submit(
-            "/sign-in/two-factor",
-            "/sign-in/two-factor",
-            &[("totp_code", "000000")],
-        )
-        .await;
+    let third = again.second_step("000000").await;
     assert_status(&third, StatusCode::UNPROCESSABLE_ENTITY);
     // ...so now even a right code waits.
-    let blocked = again
-        .submit(
-            "/sign-in/two-factor",
-            "/sign-in/two-factor",
-            &[("totp_code", &codes[0])],
-        )
-        .await;
+    let blocked = again.second_step(&codes[0]).await;
     assert_status(&blocked, StatusCode::TOO_MANY_REQUESTS);
     assert!(blocked.headers().contains_key("retry-after"));
 }
@@ -357,13 +282,7 @@ async fn a_reset_of_an_account_with_two_factor_needs_a_code() {
     let app = TestApp::spawn().await;
     let (_setup, secret, codes) = enabled(&app, "alice@example.com").await;
     let browser = app.browser();
-    browser
-        .submit(
-            "/forgot-password",
-            "/forgot-password",
-            &[("email", "alice@example.com")],
-        )
-        .await;
+    browser.forgot_password("alice@example.com").await;
     let mails = app.mails_to("alice@example.com", 2).await;
     let link = mails
         .iter()
@@ -383,16 +302,7 @@ async fn a_reset_of_an_account_with_two_factor_needs_a_code() {
         let (browser, token) = (&browser, token.clone());
         async move {
             browser
-                .submit(
-                    &format!("/reset-password?token={token}"),
-                    "/reset-password",
-                    &[
-                        ("token", &token),
-                        ("new_password", eight),
-                        ("new_password_confirm", eight),
-                        ("totp_code", &code),
-                    ],
-                )
+                .reset_password_with_code(&token, eight, eight, &code)
                 .await
         }
     };
@@ -416,13 +326,7 @@ async fn a_reset_of_an_account_with_two_factor_needs_a_code() {
         StatusCode::SEE_OTHER,
     );
     // Two-factor and unused recovery codes survive the reset.
-    let done = browser2
-        .submit(
-            "/sign-in/two-factor",
-            "/sign-in/two-factor",
-            &[("totp_code", &codes[9])],
-        )
-        .await;
+    let done = browser2.second_step(&codes[9]).await;
     assert_status(&done, StatusCode::SEE_OTHER);
 }
 
@@ -431,13 +335,7 @@ async fn five_wrong_codes_void_the_reset_link() {
     let app = TestApp::spawn_with(|c| c.throttle.free_failures = 50).await;
     let (_setup, secret, _codes) = enabled(&app, "alice@example.com").await;
     let browser = app.browser();
-    browser
-        .submit(
-            "/forgot-password",
-            "/forgot-password",
-            &[("email", "alice@example.com")],
-        )
-        .await;
+    browser.forgot_password("alice@example.com").await;
     let mails = app.mails_to("alice@example.com", 2).await;
     let link = mails
         .iter()
@@ -446,16 +344,7 @@ async fn five_wrong_codes_void_the_reset_link() {
     let token = link.split("token=").nth(1).unwrap().to_owned();
     for _ in 0..5 {
         browser
-            .submit(
-                &format!("/reset-password?token={token}"),
-                "/reset-password",
-                &[
-                    ("token", &token),
-                    ("new_password", NEW_PASSWORD),
-                    ("new_password_confirm", NEW_PASSWORD),
-                    ("totp_code", "111111"),
-                ],
-            )
+            .reset_password_with_code(&token, NEW_PASSWORD, NEW_PASSWORD, "111111")
             .await;
     }
     let late = browser
@@ -479,15 +368,7 @@ async fn disabling_needs_the_password_and_a_code() {
     let (browser, secret, _codes) = enabled(&app, "alice@example.com").await;
     let disable = |password: &'static str, code: String| {
         let browser = &browser;
-        async move {
-            browser
-                .submit(
-                    "/settings/security/two-factor",
-                    "/settings/security/two-factor/disable",
-                    &[("current_password", password), ("totp_code", &code)],
-                )
-                .await
-        }
+        async move { browser.disable_two_factor(password, &code).await }
     };
     assert_status(
         &disable("not the password at all", fresh_code(&secret)).await,
@@ -535,26 +416,10 @@ async fn disabling_with_a_short_password_asks_for_a_new_one_first() {
     let (browser, secret, codes) = enabled(&app, "alice@example.com").await;
     // With two-factor on, 8 characters are enough.
     let short = "short pw";
-    let changed = browser
-        .submit(
-            "/settings/security",
-            "/settings/security/password",
-            &[
-                ("current_password", PASSWORD),
-                ("new_password", short),
-                ("new_password_confirm", short),
-            ],
-        )
-        .await;
+    let changed = browser.change_password(PASSWORD, short, short).await;
     assert_status(&changed, StatusCode::SEE_OTHER);
 
-    let asked = browser
-        .submit(
-            "/settings/security/two-factor",
-            "/settings/security/two-factor/disable",
-            &[("current_password", short), ("totp_code", &codes[0])],
-        )
-        .await;
+    let asked = browser.disable_two_factor(short, &codes[0]).await;
     assert_status(&asked, StatusCode::UNPROCESSABLE_ENTITY);
     let body = asked.text().await.unwrap();
     assert!(
@@ -592,38 +457,17 @@ async fn disabling_with_a_short_password_asks_for_a_new_one_first() {
 async fn new_recovery_codes_replace_the_old_ones() {
     let app = TestApp::spawn().await;
     let (browser, _secret, old) = enabled(&app, "alice@example.com").await;
-    let response = browser
-        .submit(
-            "/settings/security/two-factor",
-            "/settings/security/two-factor/recovery-codes",
-            &[("current_password", PASSWORD), ("totp_code", &old[0])],
-        )
-        .await;
+    let response = browser.regenerate_recovery_codes(PASSWORD, &old[0]).await;
     assert_status(&response, StatusCode::OK);
     let new = recovery_codes_on(&response.text().await.unwrap());
     assert_eq!(new.len(), 10);
     let other = app.browser();
     other.sign_in("alice@example.com", PASSWORD).await;
     assert_status(
-        &other
-            .submit(
-                "/sign-in/two-factor",
-                "/sign-in/two-factor",
-                &[("totp_code", &old[1])],
-            )
-            .await,
+        &other.second_step(&old[1]).await,
         StatusCode::UNPROCESSABLE_ENTITY,
     );
-    assert_status(
-        &other
-            .submit(
-                "/sign-in/two-factor",
-                "/sign-in/two-factor",
-                &[("totp_code", &new[1])],
-            )
-            .await,
-        StatusCode::SEE_OTHER,
-    );
+    assert_status(&other.second_step(&new[1]).await, StatusCode::SEE_OTHER);
 }
 
 #[tokio::test]
@@ -636,25 +480,11 @@ async fn a_password_change_ends_a_sign_in_waiting_for_its_second_step() {
     assert_eq!(location(&response), "/sign-in/two-factor");
     // …then the owner changes the password, which ends every other session.
     let changed = owner
-        .submit(
-            "/settings/security",
-            "/settings/security/password",
-            &[
-                ("current_password", PASSWORD),
-                ("new_password", NEW_PASSWORD),
-                ("new_password_confirm", NEW_PASSWORD),
-            ],
-        )
+        .change_password(PASSWORD, NEW_PASSWORD, NEW_PASSWORD)
         .await;
     assert_status(&changed, StatusCode::SEE_OTHER);
     // Even a right code no longer completes that half-signed-in session.
-    let done = intruder
-        .submit(
-            "/sign-in/two-factor",
-            "/sign-in/two-factor",
-            &[("totp_code", &fresh_code(&secret))],
-        )
-        .await;
+    let done = intruder.second_step(&fresh_code(&secret)).await;
     assert_status(&done, StatusCode::SEE_OTHER);
     assert_eq!(location(&done), "/sign-in");
     assert_eq!(location(&intruder.get("/").await), "/sign-in");

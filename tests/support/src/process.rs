@@ -13,15 +13,12 @@ use latchkey::store::users;
 use secrecy::SecretString;
 use sqlx::PgPool;
 
-use crate::helpers::postgres_base;
+pub use crate::database::TestDatabase;
 
-/// A fresh database URL (`latchkey_test_<uuid>`); `serve` creates the database at start.
-pub fn fresh_database_url() -> String {
-    format!(
-        "{}/latchkey_test_{}",
-        postgres_base(),
-        uuid::Uuid::new_v4().simple()
-    )
+/// A fresh database (`latchkey_test_<uuid>`), not yet created: `serve` creates it at
+/// start. Dropped when the returned value drops, so declare it before the processes.
+pub fn fresh_database() -> TestDatabase {
+    TestDatabase::named()
 }
 
 /// The secret every instance of one test shares (cookies made by one verify on another).
@@ -82,7 +79,7 @@ impl ServiceProcess {
         let port = free_port();
         let base = format!("http://127.0.0.1:{port}");
         let log = std::fs::File::create(dir.join("log")).expect("log file");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_latchkey"));
+        let mut command = Command::new(latchkey_binary());
         command
             .arg("serve")
             .current_dir(&dir)
@@ -174,6 +171,28 @@ impl Drop for ServiceProcess {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The `latchkey` binary cargo built for this test run. `CARGO_BIN_EXE_latchkey` is only
+/// set while cargo compiles an integration test of the latchkey package itself, not
+/// this library, so it is found next to the test binary (`target/<profile>/deps/it-…`
+/// sits beside `target/<profile>/latchkey`); `LATCHKEY_BIN` overrides it.
+pub fn latchkey_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("LATCHKEY_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("the test binary is in target/<profile>/deps/");
+    let binary = profile_dir.join(format!("latchkey{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        binary.is_file(),
+        "no latchkey binary at {} (set LATCHKEY_BIN)",
+        binary.display()
+    );
+    binary
 }
 
 fn free_port() -> u16 {

@@ -11,21 +11,17 @@ use latchkey::store::users;
 use reqwest::cookie::{CookieStore, Jar};
 use reqwest::redirect::Policy;
 use reqwest::{Client, Response, StatusCode};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 
+use crate::database::TestDatabase;
+pub use crate::database::postgres_base;
 use crate::smtp_sink::{ReceivedMail, SmtpSink};
 
 /// A good password for tests: long, uncommon, no email in it.
 pub const PASSWORD: &str = "correct horse battery staple";
 pub const NEW_PASSWORD: &str = "a whole new passphrase of mine";
-
-/// Where test databases are created; override with LATCHKEY_TEST_PG.
-pub fn postgres_base() -> String {
-    std::env::var("LATCHKEY_TEST_PG")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
-}
 
 pub struct TestApp {
     pub base: String,
@@ -33,6 +29,8 @@ pub struct TestApp {
     pub smtp: SmtpSink,
     pub database_url: String,
     server: Option<Server>,
+    /// The database named for this app, when the app runs on it (dropped with the app).
+    _database: Option<TestDatabase>,
 }
 
 /// Another instance on a [`TestApp`]'s database (from [`TestApp::spawn_sibling`]).
@@ -59,11 +57,8 @@ impl TestApp {
         let smtp = SmtpSink::start().await;
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let database_url = format!(
-            "{}/latchkey_test_{}",
-            postgres_base(),
-            uuid::Uuid::new_v4().simple()
-        );
+        let database = TestDatabase::named();
+        let database_url = database.url().to_owned();
         let mut config = Config::defaults().expect("defaults");
         config.database_url = SecretString::from(database_url.clone());
         config.listen = addr;
@@ -76,6 +71,11 @@ impl TestApp {
             base64::engine::general_purpose::STANDARD.encode([42u8; 32]),
         ));
         tweak(&mut config);
+        // The app drops the database it named only if it runs on it (a tweak may reach it
+        // through a proxy, or put this app on another app's database, which that app drops).
+        let runs_on_it =
+            database_name(config.database_url.expose_secret()).as_deref() == Some(database.name());
+        let database = runs_on_it.then_some(database);
         latchkey::telemetry::init(&config.log, config.log_format);
         let server = Server::start(config, listener)
             .await
@@ -87,6 +87,7 @@ impl TestApp {
             smtp,
             database_url,
             server: Some(server),
+            _database: database,
         }
     }
 
@@ -163,9 +164,7 @@ impl TestApp {
     /// Asks for a reset link for `email` as a person would, and returns the token of the
     /// `nth` mail that address has received (which must be the last one).
     pub async fn request_reset_link(&self, browser: &Browser, email: &str, nth: usize) -> String {
-        let response = browser
-            .submit("/forgot-password", "/forgot-password", &[("email", email)])
-            .await;
+        let response = browser.forgot_password(email).await;
         assert_status(&response, StatusCode::OK);
         let mails = self.mails_to(email, nth).await;
         assert_eq!(mails.len(), nth, "mails to {email}");
@@ -186,6 +185,23 @@ impl TestApp {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+impl Drop for TestApp {
+    /// Ends the app's use of its database, which then drops (`TestDatabase`'s Drop, with
+    /// force for connections still open). Not a graceful stop (`stop()` is async): the
+    /// pool is marked closed at once, so the server's background tasks stop taking
+    /// connections, and the server's tasks end with the test's runtime.
+    fn drop(&mut self) {
+        drop(self.pool.close());
+        drop(self.server.take());
+    }
+}
+
+/// The database a Postgres URL names (its path without the leading slash).
+fn database_name(url: &str) -> Option<String> {
+    let url = url::Url::parse(url).ok()?;
+    Some(url.path().trim_start_matches('/').to_owned())
 }
 
 impl Browser {
@@ -256,6 +272,107 @@ impl Browser {
                 ("new_password", password),
                 ("new_password_confirm", confirm),
             ],
+        )
+        .await
+    }
+
+    /// The second step of a sign-in: a TOTP or recovery code on `/sign-in/two-factor`.
+    pub async fn second_step(&self, code: &str) -> Response {
+        self.submit(
+            "/sign-in/two-factor",
+            "/sign-in/two-factor",
+            &[("totp_code", code)],
+        )
+        .await
+    }
+
+    /// Asks for a reset link for `email` from the forgot-password page.
+    pub async fn forgot_password(&self, email: &str) -> Response {
+        self.submit("/forgot-password", "/forgot-password", &[("email", email)])
+            .await
+    }
+
+    /// The reset form of an account with two-factor: the code goes with the new password.
+    pub async fn reset_password_with_code(
+        &self,
+        token: &str,
+        password: &str,
+        confirm: &str,
+        code: &str,
+    ) -> Response {
+        self.submit(
+            &format!("/reset-password?token={token}"),
+            "/reset-password",
+            &[
+                ("token", token),
+                ("new_password", password),
+                ("new_password_confirm", confirm),
+                ("totp_code", code),
+            ],
+        )
+        .await
+    }
+
+    /// Settings → Security → Change password.
+    pub async fn change_password(&self, current: &str, new: &str, confirm: &str) -> Response {
+        self.submit(
+            "/settings/security",
+            "/settings/security/password",
+            &[
+                ("current_password", current),
+                ("new_password", new),
+                ("new_password_confirm", confirm),
+            ],
+        )
+        .await
+    }
+
+    /// Turns two-factor on with the current password and a code from the new secret.
+    pub async fn enable_two_factor(&self, password: &str, code: &str) -> Response {
+        self.submit(
+            "/settings/security/two-factor",
+            "/settings/security/two-factor/enable",
+            &[("current_password", password), ("totp_code", code)],
+        )
+        .await
+    }
+
+    /// Turns two-factor off with the current password and a code.
+    pub async fn disable_two_factor(&self, password: &str, code: &str) -> Response {
+        self.submit(
+            "/settings/security/two-factor",
+            "/settings/security/two-factor/disable",
+            &[("current_password", password), ("totp_code", code)],
+        )
+        .await
+    }
+
+    /// New recovery codes (the old ones stop working), for the password and a code.
+    pub async fn regenerate_recovery_codes(&self, password: &str, code: &str) -> Response {
+        self.submit(
+            "/settings/security/two-factor",
+            "/settings/security/two-factor/recovery-codes",
+            &[("current_password", password), ("totp_code", code)],
+        )
+        .await
+    }
+
+    /// Settings → Security → Sign out other sessions.
+    pub async fn sign_out_other_sessions(&self) -> Response {
+        self.submit(
+            "/settings/security",
+            "/settings/security/sessions/revoke-others",
+            &[],
+        )
+        .await
+    }
+
+    /// Settings → Security → Sign out on one session, by the id the page lists.
+    pub async fn sign_out_session(&self, session_id: impl std::fmt::Display) -> Response {
+        self.submit(
+            "/settings/security",
+            &format!("/settings/security/sessions/{session_id}/revoke"),
+            &[],
         )
         .await
     }

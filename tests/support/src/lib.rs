@@ -1,0 +1,19 @@
+//! The test harness latchkey's integration tests (`tests/it/`) and browser tests
+//! (`tests/browser/`) share; both take it as the dev-dependency `latchkey-test-support`.
+//!
+//! - [`helpers`]: `TestApp::spawn()` (the service in-process on a random port, a fresh
+//!   database dropped again when the app drops, real SMTP to a [`smtp_sink`]) and
+//!   `Browser`, a cookie jar with one helper per endpoint.
+//! - [`process`]: the real `latchkey serve` binary as a child process, on a fresh
+//!   database ([`process::TestDatabase`]).
+//! - [`smtp_sink`]: a real SMTP server that keeps what it receives.
+//! - [`tcp_proxy`]: a TCP proxy that can cut or stall a connection (database faults).
+//! - [`burst`]: every connection opened first, then every request written at once: the
+//!   harness for every concurrency test.
+
+pub mod burst;
+pub mod database;
+pub mod helpers;
+pub mod process;
+pub mod smtp_sink;
+pub mod tcp_proxy;
