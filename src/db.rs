@@ -40,6 +40,9 @@ pub async fn ping(pool: &PgPool, within: Duration) -> bool {
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Connects, creating the database first when it does not exist yet.
+/// A pooled connection idle at most this long is handed out without a ping.
+const RECENTLY_USED: Duration = Duration::from_secs(1);
+
 pub async fn connect(config: &Config) -> anyhow::Result<PgPool> {
     let options = PgConnectOptions::from_str(config.database_url.expose_secret())
         .context("DATABASE_URL is not a Postgres URL")?
@@ -48,6 +51,19 @@ pub async fn connect(config: &Config) -> anyhow::Result<PgPool> {
     PgPoolOptions::new()
         .max_connections(config.db_max_connections)
         .min_connections(1)
+        // sqlx pings every connection it hands out by default: one extra round trip per
+        // statement. A connection back in use within a second was just working; one idle
+        // longer (the ones a database restart or failover leaves dead) is still checked,
+        // so recovery stays transparent.
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for > RECENTLY_USED {
+                    sqlx::Connection::ping(conn).await?;
+                }
+                Ok(true)
+            })
+        })
         .acquire_timeout(Duration::from_millis(config.db_acquire_timeout_ms))
         .connect_with(options)
         .await
