@@ -280,6 +280,9 @@ struct Slices {
 struct Counted {
     signins: u64,
     round_trips: u64,
+    pings: u64,
+    /// The service's own round trips over as long, with no sign-ins (taken off the above).
+    idle_round_trips: u64,
     written: service::Written,
 }
 
@@ -366,18 +369,30 @@ async fn sign_in_slice(
 }
 
 /// Sign-ins alone (no probe) from one pause to the next: every round trip the relay saw
-/// and every row written in between belongs to the sign-ins completed in between.
+/// and every row written in between belongs to the sign-ins completed in between, less
+/// what the service does on its own (the outbox worker's poll every second), measured
+/// first over as long with the sign-ins paused and taken off.
 async fn count_round_trips(bench: &Bench, signins: &SignIns) -> anyhow::Result<Counted> {
+    let counts = |relay: &Relay| (relay.round_trips(), relay.pings());
+    let idle0 = counts(&bench.relay);
+    tokio::time::sleep(ROUND_TRIPS_FOR).await;
+    let idle1 = counts(&bench.relay);
     let mark = service::mark_writes(&bench.pool, &bench.tables).await?;
-    let (trips0, done0) = (bench.relay.round_trips(), signins.completed());
+    let (busy0, done0) = (counts(&bench.relay), signins.completed());
     signins.resume();
     tokio::time::sleep(ROUND_TRIPS_FOR).await;
     signins.pause().await?;
-    let (trips1, done1) = (bench.relay.round_trips(), signins.completed());
+    let (busy1, done1) = (counts(&bench.relay), signins.completed());
     let written = service::rows_written_since(&bench.pool, &bench.tables, &mark).await?;
+    let own = |a: u64, b: u64, idle_a: u64, idle_b: u64| {
+        b.saturating_sub(a)
+            .saturating_sub(idle_b.saturating_sub(idle_a))
+    };
     Ok(Counted {
         signins: done1.saturating_sub(done0),
-        round_trips: trips1.saturating_sub(trips0),
+        round_trips: own(busy0.0, busy1.0, idle0.0, idle1.0),
+        pings: own(busy0.1, busy1.1, idle0.1, idle1.1),
+        idle_round_trips: idle1.0.saturating_sub(idle0.0),
         written,
     })
 }
@@ -495,9 +510,16 @@ fn report_round_trips(report: &mut Report, counted: &Counted) {
     let signins = (counted.signins as f64).max(1e-9);
     report.add(
         section,
-        "Postgres round trips per complete sign-in (Sync + Query)",
+        "Postgres round trips of statements per complete sign-in",
         "pg_round_trips_per_sign_in",
         counted.round_trips as f64 / signins,
+        "",
+    );
+    report.add(
+        section,
+        "  plus sqlx's pings as connections return to the pool",
+        "pg_pool_pings_per_sign_in",
+        counted.pings as f64 / signins,
         "",
     );
     report.add(
@@ -509,6 +531,11 @@ fn report_round_trips(report: &mut Report, counted: &Counted) {
     );
     report.meta("round_trip_sign_ins", json!(counted.signins));
     report.meta("round_trips_counted", json!(counted.round_trips));
+    report.meta("pool_pings_counted", json!(counted.pings));
+    report.meta(
+        "idle_round_trips_subtracted",
+        json!(counted.idle_round_trips),
+    );
     report.meta(
         "signin_rows_written_by_table",
         json!(counted.written.by_table),

@@ -1,6 +1,9 @@
 //! A TCP relay between the service and Postgres that counts round trips: the frontend
-//! messages that make the client wait for an answer (Sync `S` ending an extended-protocol
-//! query, Query `Q` for a simple one), read from the length framing of the protocol.
+//! messages that make the client wait for an answer, read from the length framing of the
+//! protocol. A Sync `S` that ends an extended-protocol statement (Parse, Bind, Execute…
+//! since the last Sync) or a simple Query `Q` is a statement's round trip; a Sync with
+//! nothing before it is a ping (sqlx 0.8 pings every connection as it goes back to its
+//! pool, in a task of its own after the statement), counted apart.
 
 use std::io::{Read as _, Write as _};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -15,7 +18,14 @@ const GSSENC_REQUEST: u32 = 80_877_104;
 
 pub struct Relay {
     pub port: u16,
-    round_trips: Arc<AtomicU64>,
+    counts: Arc<Counts>,
+}
+
+/// What the relay has seen, over every connection.
+#[derive(Default)]
+struct Counts {
+    statements: AtomicU64,
+    pings: AtomicU64,
 }
 
 impl Relay {
@@ -25,8 +35,8 @@ impl Relay {
     pub fn start(upstream: String) -> anyhow::Result<Relay> {
         let listener = TcpListener::bind("127.0.0.1:0").context("binding the relay")?;
         let port = listener.local_addr()?.port();
-        let round_trips = Arc::new(AtomicU64::new(0));
-        let counter = round_trips.clone();
+        let counts = Arc::new(Counts::default());
+        let counter = counts.clone();
         std::thread::Builder::new()
             .name("relay".into())
             .spawn(move || {
@@ -37,12 +47,17 @@ impl Relay {
                 }
             })
             .context("starting the relay")?;
-        Ok(Relay { port, round_trips })
+        Ok(Relay { port, counts })
     }
 
-    /// Round trips counted so far, over every connection.
+    /// Statements' round trips counted so far, over every connection.
     pub fn round_trips(&self) -> u64 {
-        self.round_trips.load(Ordering::Relaxed)
+        self.counts.statements.load(Ordering::Relaxed)
+    }
+
+    /// Bare Syncs (pings) counted so far, over every connection.
+    pub fn pings(&self) -> u64 {
+        self.counts.pings.load(Ordering::Relaxed)
     }
 }
 
@@ -73,7 +88,7 @@ pub fn base_via_relay(pg_base: &str, port: u16) -> String {
     format!("{scheme}://{user}127.0.0.1:{port}?sslmode=disable")
 }
 
-fn forward(client: TcpStream, upstream: &str, counter: Arc<AtomicU64>) -> anyhow::Result<()> {
+fn forward(client: TcpStream, upstream: &str, counter: Arc<Counts>) -> anyhow::Result<()> {
     let server = TcpStream::connect(upstream).with_context(|| format!("connecting {upstream}"))?;
     client.set_nodelay(true)?;
     server.set_nodelay(true)?;
@@ -114,16 +129,19 @@ struct Framing {
     started: bool,
     header: Vec<u8>,
     skip: usize,
-    round_trips: Arc<AtomicU64>,
+    /// Whether a message other than Sync came since the last Sync.
+    work_since_sync: bool,
+    counts: Arc<Counts>,
 }
 
 impl Framing {
-    fn new(round_trips: Arc<AtomicU64>) -> Framing {
+    fn new(counts: Arc<Counts>) -> Framing {
         Framing {
             started: false,
             header: Vec::with_capacity(8),
             skip: 0,
-            round_trips,
+            work_since_sync: false,
+            counts,
         }
     }
 
@@ -152,8 +170,18 @@ impl Framing {
             u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize
         };
         if self.started {
-            if matches!(self.header[0], b'S' | b'Q') {
-                self.round_trips.fetch_add(1, Ordering::Relaxed);
+            match self.header[0] {
+                b'Q' => {
+                    self.counts.statements.fetch_add(1, Ordering::Relaxed);
+                }
+                b'S' if self.work_since_sync => {
+                    self.counts.statements.fetch_add(1, Ordering::Relaxed);
+                    self.work_since_sync = false;
+                }
+                b'S' => {
+                    self.counts.pings.fetch_add(1, Ordering::Relaxed);
+                }
+                _ => self.work_since_sync = true,
             }
             self.skip = word(1).saturating_sub(4);
         } else {
