@@ -327,32 +327,35 @@ impl Browser {
         .await
     }
 
-    /// Turns two-factor on with the current password and a code from the new secret.
-    pub async fn enable_two_factor(&self, password: &str, code: &str) -> Response {
+    /// Posts a two-factor settings form (its page is the setup/manage page): the current
+    /// password and a code.
+    async fn two_factor_form(&self, action: &str, password: &str, code: &str) -> Response {
         self.submit(
             "/settings/security/two-factor",
-            "/settings/security/two-factor/enable",
+            action,
             &[("current_password", password), ("totp_code", code)],
         )
         .await
+    }
+
+    /// Turns two-factor on with the current password and a code from the new secret.
+    pub async fn enable_two_factor(&self, password: &str, code: &str) -> Response {
+        self.two_factor_form("/settings/security/two-factor/enable", password, code)
+            .await
     }
 
     /// Turns two-factor off with the current password and a code.
     pub async fn disable_two_factor(&self, password: &str, code: &str) -> Response {
-        self.submit(
-            "/settings/security/two-factor",
-            "/settings/security/two-factor/disable",
-            &[("current_password", password), ("totp_code", code)],
-        )
-        .await
+        self.two_factor_form("/settings/security/two-factor/disable", password, code)
+            .await
     }
 
     /// New recovery codes (the old ones stop working), for the password and a code.
     pub async fn regenerate_recovery_codes(&self, password: &str, code: &str) -> Response {
-        self.submit(
-            "/settings/security/two-factor",
+        self.two_factor_form(
             "/settings/security/two-factor/recovery-codes",
-            &[("current_password", password), ("totp_code", code)],
+            password,
+            code,
         )
         .await
     }
