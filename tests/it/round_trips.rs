@@ -99,28 +99,39 @@ async fn relay_counting(
 }
 
 /// The statements of the request, `log[window]`, leaving out the outbox worker's: its
-/// poll runs every second on a pooled connection, so its statements, and any transaction
-/// control whose next statement on that connection (in the whole `log`, which may run
-/// past the window) is the worker's, are not the request's.
+/// poll runs every second on a pooled connection, in a transaction of its own, so any
+/// statement of a transaction (`begin` … `commit` / `rollback`, found on the same
+/// connection in the whole `log`, which may start before the window and end after it)
+/// that touches the outbox is not the request's. sqlx sends the `rollback` of a dropped
+/// transaction lazily, so the worker's can arrive well after its `select`.
 fn of_the_request(log: &[(usize, String)], window: std::ops::Range<usize>) -> Vec<String> {
     let of_the_worker = |sql: &str| sql.contains("outbox");
-    log[window.clone()]
+    // Each statement's transaction, numbered in one pass over every connection's
+    // statements: `begin` opens one, `commit` / `rollback` closes it (both belong to it).
+    let mut open: HashMap<usize, usize> = HashMap::new();
+    let mut transaction_of = Vec::with_capacity(log.len());
+    for (at, (id, sql)) in log.iter().enumerate() {
+        let word = sql.trim().to_ascii_lowercase();
+        if word == "begin" {
+            open.insert(*id, at);
+        }
+        transaction_of.push(open.get(id).copied());
+        if matches!(word.as_str(), "commit" | "rollback") {
+            open.remove(id);
+        }
+    }
+    let workers: std::collections::HashSet<usize> = log
         .iter()
-        .enumerate()
-        .filter(|(i, (id, sql))| {
-            let control = matches!(
-                sql.trim().to_ascii_lowercase().as_str(),
-                "begin" | "commit" | "rollback"
-            );
-            let next_on_connection = log[window.start + i + 1..]
-                .iter()
-                .find(|(other, _)| other == id)
-                .map(|(_, next)| next.as_str());
-            let workers =
-                of_the_worker(sql) || (control && next_on_connection.is_some_and(of_the_worker));
-            !workers
+        .zip(&transaction_of)
+        .filter_map(|((_, sql), tx)| tx.filter(|_| of_the_worker(sql)))
+        .collect();
+    window
+        .filter(|at| {
+            let sql = log[*at].1.as_str();
+            let in_workers = transaction_of[*at].is_some_and(|tx| workers.contains(&tx));
+            !of_the_worker(sql) && !in_workers
         })
-        .map(|(_, (_, sql))| sql.split_whitespace().collect::<Vec<_>>().join(" "))
+        .map(|at| log[at].1.split_whitespace().collect::<Vec<_>>().join(" "))
         .collect()
 }
 
@@ -187,8 +198,9 @@ async fn statements_of_a_sign_in(ip_rate_limit: u32, email: &str, password: &str
         .expect("POST");
     let status = response.status();
     let end = executed.lock().expect("log").len();
-    // A worker statement that began in the window finishes its transaction just after it.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A worker transaction that began in the window ends just after it; its statements
+    // must be in the log to be recognised as the worker's.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let log = executed.lock().expect("log").clone();
     let expected = if password == PASSWORD {
         StatusCode::SEE_OTHER
