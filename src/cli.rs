@@ -276,7 +276,12 @@ fn list_table(list: &[AccountSummary]) -> anyhow::Result<String> {
             account.email.clone(),
             timestamp(account.created_at)?,
             optional_timestamp(account.last_sign_in_at)?.unwrap_or_else(|| "never".to_owned()),
-            if account.totp_enabled_at.is_some() { "on" } else { "off" }.to_owned(),
+            if account.totp_enabled_at.is_some() {
+                "on"
+            } else {
+                "off"
+            }
+            .to_owned(),
             optional_timestamp(account.disabled_at)?.unwrap_or_else(|| "no".to_owned()),
         ]);
     }

@@ -51,8 +51,8 @@ pub async fn lock_account(conn: &mut PgConnection, user_id: Uuid) -> anyhow::Res
         user_id
     )
     .fetch_optional(conn)
-        .await
-        .context("locking an account for a reset")?;
+    .await
+    .context("locking an account for a reset")?;
     Ok(row.is_some())
 }
 
