@@ -517,3 +517,34 @@ async fn sign_ins_in_flight_while_disable_runs_leave_no_live_session() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_half_finished_two_factor_sign_in_is_refused_once_disabled() {
+    use crate::two_factor::{code_at, enabled};
+    let app = TestApp::spawn().await;
+    let (owner, secret, _codes) = enabled(&app, "alice@example.com").await;
+    let browser = app.browser();
+    let first = browser.sign_in("alice@example.com", PASSWORD).await;
+    assert_status(&first, StatusCode::SEE_OTHER);
+    assert_eq!(location(&first), "/sign-in/two-factor");
+
+    succeeded(&latchkey(
+        &app,
+        &["user", "disable", "--email", "alice@example.com"],
+    ));
+    assert!(!signed_in(&owner).await, "the owner's full session ended");
+    let second = browser.second_step(&code_at(&secret, 1)).await;
+    assert_status(&second, StatusCode::FORBIDDEN);
+    let body = second.text().await.expect("body");
+    assert!(body.contains("This account is disabled"), "{body}");
+    assert!(!signed_in(&browser).await);
+
+    // A fresh attempt: the right password is told at the first step; a wrong one is not.
+    let again = app.browser();
+    let right = again.sign_in("alice@example.com", PASSWORD).await;
+    assert_status(&right, StatusCode::FORBIDDEN);
+    let wrong = again
+        .sign_in("alice@example.com", "not the password at all")
+        .await;
+    assert_status(&wrong, StatusCode::UNPROCESSABLE_ENTITY);
+}
