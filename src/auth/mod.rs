@@ -3,6 +3,7 @@
 //! command of the CLI or a forward-auth check calls them the same way.
 
 pub mod change;
+pub mod operator;
 pub mod passwords;
 pub mod reset;
 pub mod security;

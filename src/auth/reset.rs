@@ -71,7 +71,12 @@ pub async fn request_reset(
     email: &EmailAddress,
     origin: &Origin,
 ) -> anyhow::Result<()> {
-    let Some(user) = users::find_by_email(&accounts.pool, email).await? else {
+    // A disabled account gets nothing, as an unknown address does (this runs after the
+    // answer, so the two take the same time).
+    let Some(user) = users::find_by_email(&accounts.pool, email)
+        .await?
+        .filter(|user| !user.is_disabled())
+    else {
         return Ok(());
     };
     tracing::Span::current().record("user_id", tracing::field::display(user.id));
@@ -157,8 +162,10 @@ pub async fn check_link(accounts: &Accounts, token: &str) -> Result<users::User,
         TokenState::Used => return Err(ResetError::Token(TokenProblem::Used)),
         TokenState::Unknown => return Err(ResetError::Token(TokenProblem::Invalid)),
     };
+    // A disabled account's links do nothing (disabling voids them too).
     users::find_by_id(&accounts.pool, user_id)
         .await?
+        .filter(|user| !user.is_disabled())
         .ok_or(ResetError::Token(TokenProblem::Invalid))
 }
 

@@ -57,8 +57,8 @@ pub enum SessionHolder {
     Nobody,
     /// The account, whose current password the session began with.
     SignedIn(User),
-    /// The account is gone, or its password was reset or changed since the session
-    /// began: the session is over and must be signed out.
+    /// The account is gone or disabled, or its password was reset or changed since the
+    /// session began: the session is over and must be signed out.
     Ended,
 }
 
@@ -79,6 +79,11 @@ pub async fn current_user(
     // committed while this session's sign-in was still verifying the old password),
     // the session is over, on every instance.
     if !signed_in.began_with(user.password_changed_at) {
+        return Ok(SessionHolder::Ended);
+    }
+    // Disabled by an operator: every session is over, including one whose sign-in was
+    // still in flight when `latchkey user disable` deleted the account's sessions.
+    if user.is_disabled() {
         return Ok(SessionHolder::Ended);
     }
     if let Some(digest) = session {

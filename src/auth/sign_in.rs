@@ -7,6 +7,7 @@ use super::throttle::{self, IpScope};
 use super::{Accounts, Origin, ServiceError};
 use crate::domain::EmailAddress;
 use crate::domain::password::{MAX_PASSWORD_BYTES, normalize};
+use crate::store::audit::{self, EventKind};
 use crate::store::users::{self, User};
 
 #[derive(Debug, thiserror::Error)]
@@ -14,6 +15,10 @@ pub enum SignInError {
     /// Wrong address or wrong password: the caller must not learn which.
     #[error("incorrect email or password")]
     InvalidCredentials,
+    /// The right password for an account an operator has disabled. Only the right
+    /// password learns this: a wrong one is [`SignInError::InvalidCredentials`] as ever.
+    #[error("the account is disabled")]
+    AccountDisabled,
     #[error(transparent)]
     Service(#[from] ServiceError),
 }
@@ -81,6 +86,22 @@ pub async fn sign_in(
             if let Some(new_hash) = rehash {
                 users::upgrade_hash(&accounts.pool, user.id, &user.password_hash, &new_hash)
                     .await?;
+            }
+            // A disabled account: the right password is told so (and is not a failure),
+            // but nothing is signed in and earlier failures stand.
+            if user.is_disabled() {
+                reservation.give_back(accounts).await?;
+                audit::record(
+                    &accounts.pool,
+                    EventKind::SignInFailed,
+                    Some(user.id),
+                    Some(user.email.as_str()),
+                    origin,
+                    Some("the account is disabled"),
+                )
+                .await?;
+                metrics::counter!("latchkey_sign_in_total", "outcome" => "disabled").increment(1);
+                return Err(SignInError::AccountDisabled);
             }
             // With two-factor, only the completed second step clears failures and counts
             // as a sign-in; the right password only takes back its own reservation.

@@ -177,6 +177,9 @@ pub enum TwoFactorError {
     Policy(PolicyViolation),
     #[error("two-factor authentication is not in the expected state")]
     WrongState,
+    /// An operator disabled the account between the password and the code.
+    #[error("the account is disabled")]
+    AccountDisabled,
     #[error(transparent)]
     Service(#[from] ServiceError),
 }
@@ -472,6 +475,9 @@ pub async fn complete_sign_in(
         .await?
         .filter(|user| user.password_changed_at == pending.password_set_at)
         .ok_or(TwoFactorError::WrongState)?;
+    if user.is_disabled() {
+        return Err(TwoFactorError::AccountDisabled);
+    }
     let reservation = match check_code_reserved(accounts, &user, code).await {
         Ok(reservation) => reservation,
         Err(err) => {

@@ -18,6 +18,14 @@ pub enum EventKind {
     TwoFactorEnabled,
     TwoFactorDisabled,
     RecoveryCodesRegenerated,
+    /// An operator's `latchkey user disable`.
+    AccountDisabled,
+    /// An operator's `latchkey user enable`.
+    AccountEnabled,
+    /// An operator's `latchkey user sign-out`.
+    SignedOutByOperator,
+    /// An operator's `latchkey user reset-link`.
+    ResetLinkByOperator,
 }
 
 impl EventKind {
@@ -33,6 +41,10 @@ impl EventKind {
             EventKind::TwoFactorEnabled => "two_factor_enabled",
             EventKind::TwoFactorDisabled => "two_factor_disabled",
             EventKind::RecoveryCodesRegenerated => "recovery_codes_regenerated",
+            EventKind::AccountDisabled => "account_disabled",
+            EventKind::AccountEnabled => "account_enabled",
+            EventKind::SignedOutByOperator => "signed_out_by_operator",
+            EventKind::ResetLinkByOperator => "reset_link_by_operator",
         }
     }
 
@@ -49,6 +61,10 @@ impl EventKind {
             "two_factor_enabled" => "Two-factor authentication turned on",
             "two_factor_disabled" => "Two-factor authentication turned off",
             "recovery_codes_regenerated" => "New recovery codes made",
+            "account_disabled" => "An administrator disabled this account",
+            "account_enabled" => "An administrator enabled this account again",
+            "signed_out_by_operator" => "An administrator signed out every session",
+            "reset_link_by_operator" => "An administrator created a reset link",
             _ => "Security event",
         }
     }

@@ -42,13 +42,17 @@ pub async fn void_for_user(conn: &mut PgConnection, user_id: Uuid) -> anyhow::Re
 }
 
 /// Locks the account's row until the transaction ends, so reset requests for one account
-/// run one after another; `false` if the account is gone.
+/// run one after another; `false` if the account is gone or disabled (a disable that
+/// held the row is waited for, then seen).
 #[tracing::instrument(skip(conn))]
 pub async fn lock_account(conn: &mut PgConnection, user_id: Uuid) -> anyhow::Result<bool> {
-    let row = sqlx::query_scalar!("select id from users where id = $1 for update", user_id)
-        .fetch_optional(conn)
-        .await
-        .context("locking an account for a reset")?;
+    let row = sqlx::query_scalar!(
+        "select id from users where id = $1 and disabled_at is null for update",
+        user_id
+    )
+    .fetch_optional(conn)
+    .await
+    .context("locking an account for a reset")?;
     Ok(row.is_some())
 }
 

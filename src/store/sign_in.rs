@@ -80,7 +80,7 @@ pub async fn begin(
              u.id as "id?", u.email as "email?", u.email_key as "email_key?",
              u.password_hash as "password_hash?",
              u.password_changed_at as "password_changed_at?",
-             u.created_at as "created_at?", u.totp_enabled_at
+             u.created_at as "created_at?", u.totp_enabled_at, u.disabled_at
          from (select 1) as one left join users u on u.email_key = $1"#,
         email_key,
         free,
@@ -119,6 +119,7 @@ pub async fn begin(
             password_changed_at,
             created_at,
             totp_enabled_at: row.totp_enabled_at,
+            disabled_at: row.disabled_at,
         })),
         _ => None,
     };

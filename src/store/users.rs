@@ -17,11 +17,17 @@ pub struct User {
     pub password_changed_at: OffsetDateTime,
     pub created_at: OffsetDateTime,
     pub totp_enabled_at: Option<OffsetDateTime>,
+    /// Set while an operator has the account disabled (`latchkey user disable`).
+    pub disabled_at: Option<OffsetDateTime>,
 }
 
 impl User {
     pub fn has_two_factor(&self) -> bool {
         self.totp_enabled_at.is_some()
+    }
+
+    pub fn is_disabled(&self) -> bool {
+        self.disabled_at.is_some()
     }
 }
 
@@ -34,6 +40,7 @@ pub(crate) struct UserRow {
     pub password_changed_at: OffsetDateTime,
     pub created_at: OffsetDateTime,
     pub totp_enabled_at: Option<OffsetDateTime>,
+    pub disabled_at: Option<OffsetDateTime>,
 }
 
 impl From<UserRow> for User {
@@ -46,6 +53,7 @@ impl From<UserRow> for User {
             password_changed_at: row.password_changed_at,
             created_at: row.created_at,
             totp_enabled_at: row.totp_enabled_at,
+            disabled_at: row.disabled_at,
         }
     }
 }
@@ -77,7 +85,7 @@ pub async fn find_by_email(pool: &PgPool, email: &EmailAddress) -> anyhow::Resul
     let row = sqlx::query_as!(
         UserRow,
         "select id, email, email_key, password_hash, password_changed_at, created_at,
-             totp_enabled_at
+             totp_enabled_at, disabled_at
          from users where email_key = $1",
         email.key(),
     )
@@ -92,7 +100,7 @@ pub async fn find_by_id(pool: &PgPool, id: Uuid) -> anyhow::Result<Option<User>>
     let row = sqlx::query_as!(
         UserRow,
         "select id, email, email_key, password_hash, password_changed_at, created_at,
-             totp_enabled_at
+             totp_enabled_at, disabled_at
          from users where id = $1",
         id,
     )
@@ -205,4 +213,56 @@ pub async fn rekey_non_ascii(pool: &PgPool) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// One account as `latchkey user list` shows it.
+#[derive(Debug, Clone)]
+pub struct AccountSummary {
+    pub id: Uuid,
+    pub email: String,
+    pub created_at: OffsetDateTime,
+    pub last_sign_in_at: Option<OffsetDateTime>,
+    pub totp_enabled_at: Option<OffsetDateTime>,
+    pub disabled_at: Option<OffsetDateTime>,
+}
+
+/// Every account, oldest first, with its last recorded sign-in.
+#[tracing::instrument(skip_all)]
+pub async fn list(pool: &PgPool) -> anyhow::Result<Vec<AccountSummary>> {
+    sqlx::query_as!(
+        AccountSummary,
+        r#"select u.id, u.email, u.created_at, u.totp_enabled_at, u.disabled_at,
+             (select max(a.created_at) from audit_events a
+              where a.user_id = u.id and a.kind = 'sign_in') as last_sign_in_at
+         from users u order by u.created_at, u.id"#,
+    )
+    .fetch_all(pool)
+    .await
+    .context("listing accounts")
+}
+
+/// Disables (`disabled = true`) or enables the account, holding its row locked until the
+/// transaction ends; the account as it now is, or `None` if it is gone. Disabling an
+/// account that already is keeps its first `disabled_at`.
+#[tracing::instrument(skip(conn))]
+pub async fn set_disabled(
+    conn: &mut PgConnection,
+    id: Uuid,
+    disabled: bool,
+) -> anyhow::Result<Option<User>> {
+    let row = sqlx::query_as!(
+        UserRow,
+        "update users
+         set disabled_at = case when $2 then coalesce(disabled_at, now()) else null end,
+             updated_at = now()
+         where id = $1
+         returning id, email, email_key, password_hash, password_changed_at, created_at,
+             totp_enabled_at, disabled_at",
+        id,
+        disabled,
+    )
+    .fetch_optional(conn)
+    .await
+    .context("disabling or enabling an account")?;
+    Ok(row.map(User::from))
 }

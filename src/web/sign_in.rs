@@ -9,7 +9,7 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 
 use super::csrf::CsrfToken;
-use super::pages::{self, Errors, Layout};
+use super::pages::{self, ErrorPage, Errors, Layout};
 use super::{AppError, AuthSession, ClientOrigin, CurrentUser, WebForm};
 use crate::app::AppState;
 use std::time::Duration;
@@ -124,6 +124,7 @@ async fn submit(
                 .await?;
             Ok(Redirect::to(next.as_ref().map_or("/", |n| n.as_str())).into_response())
         }
+        Err(SignInError::AccountDisabled) => Ok(account_disabled()),
         Err(SignInError::InvalidCredentials) => Ok(form_with_errors(
             Errors::one("email", "Incorrect email or password."),
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -147,6 +148,18 @@ async fn sign_out(
     sessions::record_sign_out(&accounts, session.user_id().await?, &origin).await?;
     session.sign_out().await?;
     Ok(Redirect::to("/sign-in?notice=signed-out").into_response())
+}
+
+/// The right password for a disabled account: 403, and whom to ask.
+fn account_disabled() -> Response {
+    pages::render(
+        StatusCode::FORBIDDEN,
+        &ErrorPage::new(
+            "This account is disabled",
+            "An administrator has disabled this account, so you can't sign in. \
+             To use it again, ask the administrator who runs this service to enable it.",
+        ),
+    )
 }
 
 fn wait_message(retry_after: Duration) -> String {
@@ -222,6 +235,10 @@ async fn submit_second_step(
         )),
         Err(TwoFactorError::Service(failure)) => Err(failure.into()),
         Err(TwoFactorError::WrongState) => Ok(Redirect::to("/sign-in").into_response()),
+        Err(TwoFactorError::AccountDisabled) => {
+            session.sign_out().await?;
+            Ok(account_disabled())
+        }
         Err(_) => Ok(second_step_page(
             &csrf.0,
             Errors::one(

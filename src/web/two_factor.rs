@@ -179,7 +179,7 @@ async fn failed(
             false,
         ),
         TwoFactorError::Service(failure) => return Err(failure.into()),
-        TwoFactorError::WrongState => {
+        TwoFactorError::WrongState | TwoFactorError::AccountDisabled => {
             return Ok(Redirect::to("/settings/security/two-factor").into_response());
         }
     };

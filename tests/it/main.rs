@@ -15,6 +15,7 @@ mod hostile;
 mod housekeeping;
 mod instances;
 mod migrations;
+mod operator;
 mod races;
 mod reset;
 mod round_trips;
