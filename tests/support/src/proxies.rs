@@ -173,9 +173,10 @@ impl ReverseProxy {
             }
             Kind::Caddy => {
                 // The test's own global options first (the shipped file has none): no
-                // admin endpoint (two Caddys would fight over :2019), nothing saved.
+                // admin endpoint (two Caddys would fight over :2019); what it saves goes to
+                // the scratch directory (XDG_CONFIG_HOME).
                 let caddyfile = format!(
-                    "{{\n\tadmin off\n\tpersist_config off\n\tauto_https off\n}}\n\n{site}"
+                    "{{\n\tadmin off\n\tauto_https off\n}}\n\n{site}"
                 );
                 std::fs::write(dir.join("Caddyfile"), caddyfile).expect("write Caddyfile");
                 let mut command = Command::new(CADDY);
@@ -267,4 +268,59 @@ http {{
 }}
 "
     )
+}
+
+/// latchkey's host name in the forward-auth tests.
+pub const AUTH_HOST: &str = "auth.example.test";
+/// The protected application's host name: in latchkey's `allowed_hosts`.
+pub const APP_HOST: &str = "app.example.test";
+/// Served by the proxy as the application too, but not in `allowed_hosts`.
+pub const STRAY_HOST: &str = "stray.example.test";
+/// latchkey's `cookie_domain`: the parent of all three.
+pub const COOKIE_DOMAIN: &str = "example.test";
+
+/// latchkey (public URL `http://auth.example.test:<port>`, `allowed_hosts =
+/// app.example.test`, `cookie_domain = example.test`), the echo application, and nginx
+/// or Caddy in front of both on `<port>` of 127.0.0.1, serving latchkey's host and
+/// the application's two hosts. Clients resolve the names to 127.0.0.1 themselves.
+pub struct Protected {
+    pub app: crate::helpers::TestApp,
+    pub echo: crate::echo::EchoApp,
+    pub proxy: ReverseProxy,
+}
+
+impl Protected {
+    pub async fn start(kind: Kind) -> Protected {
+        let echo = crate::echo::EchoApp::start().await;
+        let port = free_port();
+        let app = crate::helpers::TestApp::spawn_with(|config| {
+            config.public_url = format!("http://{AUTH_HOST}:{port}")
+                .parse()
+                .expect("public url");
+            config.allowed_hosts = vec![APP_HOST.to_owned()];
+            config.cookie_domain = Some(COOKIE_DOMAIN.to_owned());
+            // The proxy's X-Forwarded-For is the client's address.
+            config.trust_forwarded_for = true;
+        })
+        .await;
+        let sites = Sites {
+            port,
+            latchkey_host: AUTH_HOST.to_owned(),
+            app_hosts: vec![APP_HOST.to_owned(), STRAY_HOST.to_owned()],
+            latchkey_addr: app.state().config.listen,
+            app_addr: echo.addr,
+        };
+        let proxy = ReverseProxy::start(kind, &sites).await;
+        Protected { app, echo, proxy }
+    }
+
+    /// `http://<host>:<port><path>` through the proxy.
+    pub fn url_on(&self, host: &str, path: &str) -> String {
+        format!("http://{host}:{}{path}", self.proxy.port)
+    }
+
+    /// latchkey's public base, through the proxy.
+    pub fn auth_base(&self) -> String {
+        self.url_on(AUTH_HOST, "")
+    }
 }
