@@ -20,13 +20,14 @@ use driver::Driver;
 use latchkey_test_support::helpers::{self, TestApp};
 use page::{Page, Report};
 
-const FLOWS: [&str; 6] = [
+const FLOWS: [&str; 7] = [
     "sign_in_and_out",
     "forgot_password",
     "change_password",
     "sign_out_other_sessions",
     "two_factor",
     "dead_ends",
+    "forward_auth",
 ];
 
 async fn run_flow(name: &str, app: &TestApp, page: &Page, driver: &Driver) {
@@ -103,10 +104,22 @@ async fn run(selected: Vec<(&'static str, bool)>) -> ExitCode {
             if javascript { "" } else { " (JavaScript off)" }
         );
         let flow_started = Instant::now();
-        let client = driver.session(javascript).await;
+        let client = if flow == "forward_auth" {
+            // The proxy's host names, all on loopback (the port comes from the URL).
+            driver
+                .session_with(javascript, &[flows::HOST_RESOLVER_RULES])
+                .await
+        } else {
+            driver.session(javascript).await
+        };
         let closer = client.clone();
         let (axe, report, flow_driver) = (axe.clone(), report.clone(), driver.clone());
         let outcome = tokio::spawn(async move {
+            if flow == "forward_auth" {
+                // Its own latchkey, behind nginx, with the application beside it.
+                flows::forward_auth(client, javascript, axe, report).await;
+                return;
+            }
             let app = TestApp::spawn().await;
             let page = Page::new(client, &app.base, javascript, axe, report).await;
             run_flow(flow, &app, &page, &flow_driver).await;

@@ -3,7 +3,7 @@
 //! The harness is the `latchkey-test-support` crate (tests/support/); its modules are
 //! imported here so every test reaches them as `crate::helpers`, `crate::burst`, ….
 
-use latchkey_test_support::{burst, database, helpers, process, smtp_sink, tcp_proxy};
+use latchkey_test_support::{burst, database, echo, helpers, process, smtp_sink, tcp_proxy};
 
 mod cli;
 mod crash;
@@ -15,6 +15,7 @@ mod hostile;
 mod housekeeping;
 mod instances;
 mod migrations;
+mod proxies;
 mod races;
 mod reset;
 mod round_trips;
