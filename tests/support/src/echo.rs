@@ -38,7 +38,11 @@ impl Seen {
     /// The one value of `name`; panics if it came more than once.
     pub fn header(&self, name: &str) -> Option<&str> {
         let values = self.header_values(name);
-        assert!(values.len() <= 1, "{name} came {} times: {values:?}", values.len());
+        assert!(
+            values.len() <= 1,
+            "{name} came {} times: {values:?}",
+            values.len()
+        );
         values.first().copied()
     }
 

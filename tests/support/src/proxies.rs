@@ -175,9 +175,7 @@ impl ReverseProxy {
                 // The test's own global options first (the shipped file has none): no
                 // admin endpoint (two Caddys would fight over :2019); what it saves goes to
                 // the scratch directory (XDG_CONFIG_HOME).
-                let caddyfile = format!(
-                    "{{\n\tadmin off\n\tauto_https off\n}}\n\n{site}"
-                );
+                let caddyfile = format!("{{\n\tadmin off\n\tauto_https off\n}}\n\n{site}");
                 std::fs::write(dir.join("Caddyfile"), caddyfile).expect("write Caddyfile");
                 let mut command = Command::new(CADDY);
                 command
