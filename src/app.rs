@@ -193,7 +193,7 @@ pub fn router(state: AppState) -> Router {
         .merge(static_routes())
         .fallback(|| async { AppError::NotFound.into_response() })
         .layer(axum::middleware::from_fn(telemetry::record_http));
-    for layer in web::headers::layers() {
+    for layer in web::headers::layers(&state.config.allowed_hosts) {
         app = app.layer(layer);
     }
     app.layer(
