@@ -104,28 +104,27 @@ async fn run(selected: Vec<(&'static str, bool)>) -> ExitCode {
             if javascript { "" } else { " (JavaScript off)" }
         );
         let flow_started = Instant::now();
+        // forward_auth opens its own Chromium, once its proxy's port is known.
         let client = if flow == "forward_auth" {
-            // The proxy's host names, all on loopback (the port comes from the URL).
-            driver
-                .session_with(javascript, &[flows::HOST_RESOLVER_RULES])
-                .await
+            None
         } else {
-            driver.session(javascript).await
+            Some(driver.session(javascript).await)
         };
         let closer = client.clone();
         let (axe, report, flow_driver) = (axe.clone(), report.clone(), driver.clone());
         let outcome = tokio::spawn(async move {
-            if flow == "forward_auth" {
-                // Its own latchkey, behind nginx, with the application beside it.
-                flows::forward_auth(client, javascript, axe, report).await;
+            let Some(client) = client else {
+                flows::forward_auth(&flow_driver, javascript, axe, report).await;
                 return;
-            }
+            };
             let app = TestApp::spawn().await;
             let page = Page::new(client, &app.base, javascript, axe, report).await;
             run_flow(flow, &app, &page, &flow_driver).await;
         })
         .await;
-        let _ = closer.close().await;
+        if let Some(closer) = closer {
+            let _ = closer.close().await;
+        }
         let secs = flow_started.elapsed().as_secs_f64();
         match outcome {
             Ok(()) => println!("test {label} ... ok ({secs:.1} s)"),
