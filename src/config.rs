@@ -150,7 +150,11 @@ impl Config {
             .host_str()
             .unwrap_or_default()
             .to_ascii_lowercase();
-        let is_ip = host.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>().is_ok();
+        let is_ip = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok();
         let parent = host.len() > domain.len()
             && host.ends_with(&domain)
             && host.as_bytes()[host.len() - domain.len() - 1] == b'.'
@@ -188,4 +192,54 @@ fn comma_list<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<S
         .map(|item| item.trim().to_owned())
         .filter(|item| !item.is_empty())
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use figment::providers::Serialized;
+
+    use super::*;
+
+    #[test]
+    fn lists_come_comma_separated_from_the_environment_or_as_arrays() {
+        let config: Config = Config::figment()
+            .merge(Serialized::default(
+                "allowed_hosts",
+                " app.example.com, *.example.org ,",
+            ))
+            .merge(Serialized::default("trusted_proxies", vec!["10.0.0.0/8"]))
+            .extract()
+            .unwrap();
+        assert_eq!(config.allowed_hosts, ["app.example.com", "*.example.org"]);
+        assert_eq!(config.trusted_proxies, ["10.0.0.0/8"]);
+        let defaults = Config::defaults().unwrap();
+        assert!(defaults.allowed_hosts.is_empty());
+        assert_eq!(defaults.trusted_proxies, ["127.0.0.1/32", "::1/128"]);
+        assert_eq!(defaults.cookie_domain().unwrap(), None);
+    }
+
+    #[test]
+    fn cookie_domain_must_be_the_host_or_a_parent() {
+        let mut config = Config::defaults().unwrap();
+        config.public_url = "https://auth.id.example.com".parse().unwrap();
+        for ok in [
+            "example.com",
+            ".Example.com",
+            "id.example.com",
+            "auth.id.example.com",
+        ] {
+            config.cookie_domain = Some(ok.into());
+            assert!(config.cookie_domain().unwrap().is_some(), "{ok}");
+        }
+        for bad in [
+            "ample.com",
+            "other.com",
+            "com",
+            "x.auth.id.example.com",
+            "example.com:443",
+        ] {
+            config.cookie_domain = Some(bad.into());
+            assert!(config.cookie_domain().is_err(), "{bad}");
+        }
+    }
 }

@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use uuid::Uuid;
 
-use super::{Accounts, Origin};
 pub use super::session_cache::SessionCache;
+use super::{Accounts, Origin};
 use crate::domain::{EmailAddress, SessionDigest};
 use crate::store::audit::{self, EventKind};
 use crate::store::sessions;

@@ -26,7 +26,9 @@ pub fn is_ascii_host(host: &str) -> bool {
                 && label.len() <= 63
                 && !label.starts_with('-')
                 && !label.ends_with('-')
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         })
 }
 
@@ -104,11 +106,15 @@ impl IpCidr {
         let ip = ip.to_canonical();
         match (self.network, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u32::from(net) & mask == u32::from(ip) & mask
             }
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u128::from(net) & mask == u128::from(ip) & mask
             }
             _ => false,
@@ -191,7 +197,13 @@ mod tests {
         let all = TrustedProxies::parse(&["0.0.0.0/0"]).unwrap();
         assert!(all.contains("203.0.113.9".parse().unwrap()));
         assert!(!all.contains("2001:db8::1".parse().unwrap()));
-        for bad in ["127.0.0.1/33", "::1/129", "localhost", "1.2.3/8", "1.2.3.4/x"] {
+        for bad in [
+            "127.0.0.1/33",
+            "::1/129",
+            "localhost",
+            "1.2.3/8",
+            "1.2.3.4/x",
+        ] {
             assert!(IpCidr::parse(bad).is_err(), "{bad:?}");
         }
     }

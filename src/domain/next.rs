@@ -112,9 +112,8 @@ impl Destinations {
             Some((host, port)) => (host, Some(port)),
             None => (authority, None),
         };
-        let port_ok = port.is_none_or(|p| {
-            !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit())
-        });
+        let port_ok = port
+            .is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
         if !port_ok || !is_ascii_host(host) {
             return Err(UrlRefused::Malformed);
         }
@@ -175,13 +174,29 @@ mod tests {
         for (good, kept) in [
             ("https://app.example.com/", "https://app.example.com/"),
             ("https://app.example.com", "https://app.example.com/"),
-            ("https://APP.example.com/a?b=c", "https://app.example.com/a?b=c"),
-            ("https://app.example.com:8443/x", "https://app.example.com:8443/x"),
-            ("https://wiki.apps.example.com/p?q=1#f", "https://wiki.apps.example.com/p?q=1#f"),
-            ("https://auth.example.com/settings/security", "https://auth.example.com/settings/security"),
+            (
+                "https://APP.example.com/a?b=c",
+                "https://app.example.com/a?b=c",
+            ),
+            (
+                "https://app.example.com:8443/x",
+                "https://app.example.com:8443/x",
+            ),
+            (
+                "https://wiki.apps.example.com/p?q=1#f",
+                "https://wiki.apps.example.com/p?q=1#f",
+            ),
+            (
+                "https://auth.example.com/settings/security",
+                "https://auth.example.com/settings/security",
+            ),
             ("/settings/security", "/settings/security"),
         ] {
-            assert_eq!(SafeNext::parse_within(good, &d).map(|n| n.0), Some(kept.to_owned()), "{good:?}");
+            assert_eq!(
+                SafeNext::parse_within(good, &d).map(|n| n.0),
+                Some(kept.to_owned()),
+                "{good:?}"
+            );
         }
     }
 
@@ -237,10 +252,19 @@ mod tests {
     #[test]
     fn original_urls_tell_malformed_from_not_allowed() {
         let d = destinations("https://auth.example.com");
-        assert_eq!(d.original_url("https://evil.com/").map(|_| ()), Err(UrlRefused::HostNotAllowed));
-        assert_eq!(d.original_url("not a url").map(|_| ()), Err(UrlRefused::Malformed));
+        assert_eq!(
+            d.original_url("https://evil.com/").map(|_| ()),
+            Err(UrlRefused::HostNotAllowed)
+        );
+        assert_eq!(
+            d.original_url("not a url").map(|_| ()),
+            Err(UrlRefused::Malformed)
+        );
         assert_eq!(d.original_url("").map(|_| ()), Err(UrlRefused::Malformed));
         let ok = d.original_url("http://app.example.com:8080/x?y=1").unwrap();
-        assert_eq!((ok.scheme.as_str(), ok.host.as_str()), ("http", "app.example.com"));
+        assert_eq!(
+            (ok.scheme.as_str(), ok.host.as_str()),
+            ("http", "app.example.com")
+        );
     }
 }

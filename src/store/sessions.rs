@@ -219,8 +219,14 @@ pub async fn find_signed_in(
     .context("looking up a session")?;
     Ok(row.map(|row| LiveSession {
         user_id: row.user_id,
-        password_set_at: row.password_set_at.as_ref().and_then(serde_json::Value::as_i64),
-        signed_in_at: row.signed_in_at.as_ref().and_then(serde_json::Value::as_i64),
+        password_set_at: row
+            .password_set_at
+            .as_ref()
+            .and_then(serde_json::Value::as_i64),
+        signed_in_at: row
+            .signed_in_at
+            .as_ref()
+            .and_then(serde_json::Value::as_i64),
         recently_seen: row.recently_seen,
     }))
 }

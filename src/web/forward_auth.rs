@@ -49,13 +49,14 @@ impl IntoResponse for Refusal {
                 StatusCode::FORBIDDEN,
                 "forward-auth requests are answered only for trusted proxies",
             ),
-            Refusal::Malformed => (
-                StatusCode::BAD_REQUEST,
-                "missing or malformed original URL",
-            ),
+            Refusal::Malformed => (StatusCode::BAD_REQUEST, "missing or malformed original URL"),
             Refusal::HostNotAllowed => (StatusCode::FORBIDDEN, "host not allowed"),
         };
-        tracing::info!(status = status.as_u16(), reason = why, "forward-auth refused");
+        tracing::info!(
+            status = status.as_u16(),
+            reason = why,
+            "forward-auth refused"
+        );
         no_store((status, why).into_response())
     }
 }
