@@ -30,13 +30,16 @@ use tower_sessions::{Expiry, SessionManagerLayer};
 
 use crate::auth::Accounts;
 use crate::config::Config;
+use crate::domain::{Destinations, TrustedProxies};
 use crate::keys::Keys;
 use crate::mail::transport::{Transport, mail_from};
 use crate::web::AppError;
 use crate::web::session_store::PgSessionStore;
 use crate::{db, store, telemetry, web};
 
-/// Cookie names: `__Host-` prefixed (Secure, whole host, path /) when served over https.
+/// Cookie names: `__Host-` prefixed (Secure, whole host, path /) when served over https;
+/// a session cookie on `cookie_domain` is `__Secure-` prefixed instead (`__Host-` forbids
+/// a domain). The CSRF cookie is always host-only.
 #[derive(Debug, Clone, Copy)]
 pub struct CookieNames {
     pub session: &'static str,
@@ -44,10 +47,14 @@ pub struct CookieNames {
 }
 
 impl CookieNames {
-    fn for_config(config: &Config) -> CookieNames {
+    fn for_config(config: &Config, on_domain: bool) -> CookieNames {
         if config.is_https() {
             CookieNames {
-                session: "__Host-latchkey_session",
+                session: if on_domain {
+                    "__Secure-latchkey_session"
+                } else {
+                    "__Host-latchkey_session"
+                },
                 csrf: "__Host-latchkey_csrf",
             }
         } else {
@@ -72,6 +79,12 @@ pub struct AppState {
     pub accounts: Accounts,
     pub metrics: PrometheusHandle,
     pub cookie_names: CookieNames,
+    /// The session cookie's `Domain` (checked against `public_url` at start-up).
+    pub cookie_domain: Option<String>,
+    /// Where `next` may lead, and the hosts forward auth answers for.
+    pub destinations: Arc<Destinations>,
+    /// Peers whose forwarding headers are believed.
+    pub trusted_proxies: Arc<TrustedProxies>,
 }
 
 impl FromRef<AppState> for Accounts {
@@ -82,12 +95,19 @@ impl FromRef<AppState> for Accounts {
 
 impl AppState {
     pub async fn new(config: Config) -> anyhow::Result<AppState> {
+        // Settings first: a wrong one refuses to start before anything is touched.
+        let cookie_domain = config.cookie_domain()?;
+        let destinations = Arc::new(config.destinations()?);
+        let trusted_proxies = Arc::new(config.trusted_proxies()?);
         let keys = Arc::new(Keys::load(config.secret_key.as_ref(), config.is_https())?);
         let pool = db::connect(&config).await?;
         db::migrate(&pool).await?;
         let accounts = Accounts::start(&config, pool.clone(), keys.clone())?;
         Ok(AppState {
-            cookie_names: CookieNames::for_config(&config),
+            cookie_names: CookieNames::for_config(&config, cookie_domain.is_some()),
+            cookie_domain,
+            destinations,
+            trusted_proxies,
             config: Arc::new(config),
             pool,
             keys,
@@ -139,6 +159,10 @@ pub fn router(state: AppState) -> Router {
     .with_same_site(SameSite::Lax)
     .with_path("/")
     .with_expiry(Expiry::OnSessionEnd);
+    let session_layer = match &state.cookie_domain {
+        Some(domain) => session_layer.with_domain(domain.clone()),
+        None => session_layer,
+    };
 
     let pages = Router::new()
         .merge(web::home::router())
@@ -158,7 +182,10 @@ pub fn router(state: AppState) -> Router {
             web::csrf::protect,
         ));
 
-    let mut app = Router::new().merge(pages).merge(web::health::router());
+    let mut app = Router::new()
+        .merge(pages)
+        .merge(web::forward_auth::router())
+        .merge(web::health::router());
     if state.config.metrics_listen.is_none() {
         app = app.merge(web::health::metrics_router());
     }
@@ -166,7 +193,7 @@ pub fn router(state: AppState) -> Router {
         .merge(static_routes())
         .fallback(|| async { AppError::NotFound.into_response() })
         .layer(axum::middleware::from_fn(telemetry::record_http));
-    for layer in web::headers::layers() {
+    for layer in web::headers::layers(&state.config.allowed_hosts) {
         app = app.layer(layer);
     }
     app.layer(

@@ -10,6 +10,9 @@ use secrecy::SecretString;
 use serde::Deserialize;
 use url::Url;
 
+use crate::domain::hosts::is_ascii_host;
+use crate::domain::{AllowedHosts, Destinations, TrustedProxies};
+
 /// The defaults ship inside the binary, so it serves from any working directory.
 const DEFAULTS: &str = include_str!("../config/default.toml");
 
@@ -32,6 +35,16 @@ pub struct Config {
     pub log_format: LogFormat,
     pub secret_key: Option<SecretString>,
     pub trust_forwarded_for: bool,
+    /// Hosts of the applications latchkey protects (exact, or `*.example.com`).
+    #[serde(deserialize_with = "comma_list")]
+    pub allowed_hosts: Vec<String>,
+    /// A parent domain of `public_url`'s host for the session cookie; unset: host-only.
+    pub cookie_domain: Option<String>,
+    /// CIDRs whose `X-Forwarded-*` / `X-Original-*` headers are believed.
+    #[serde(deserialize_with = "comma_list")]
+    pub trusted_proxies: Vec<String>,
+    /// How long one instance may reuse a forward-auth answer (0: ask Postgres every time).
+    pub forward_auth_cache_ms: u64,
     pub db_max_connections: u32,
     pub db_acquire_timeout_ms: u64,
     /// How often expired sessions, dead tokens, idle throttles and old mail are deleted.
@@ -111,8 +124,122 @@ impl Config {
         self.public_url.scheme() == "https"
     }
 
+    /// Where `next` may send a person back to: latchkey's own host and `allowed_hosts`.
+    pub fn destinations(&self) -> anyhow::Result<Destinations> {
+        let allowed = AllowedHosts::parse(&self.allowed_hosts).map_err(anyhow::Error::msg)?;
+        Ok(Destinations::new(&self.public_url, allowed))
+    }
+
+    pub fn trusted_proxies(&self) -> anyhow::Result<TrustedProxies> {
+        TrustedProxies::parse(&self.trusted_proxies).map_err(anyhow::Error::msg)
+    }
+
+    /// The session cookie's `Domain`, lowercase: `None` when unset. Refused unless it is
+    /// `public_url`'s host or a parent of it (a browser would drop the cookie otherwise,
+    /// and nobody could stay signed in).
+    pub fn cookie_domain(&self) -> anyhow::Result<Option<String>> {
+        let Some(raw) = self.cookie_domain.as_deref().map(str::trim) else {
+            return Ok(None);
+        };
+        if raw.is_empty() {
+            return Ok(None);
+        }
+        let domain = raw.trim_start_matches('.').to_ascii_lowercase();
+        let host = self
+            .public_url
+            .host_str()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        let is_ip = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok();
+        let parent = host.len() > domain.len()
+            && host.ends_with(&domain)
+            && host.as_bytes()[host.len() - domain.len() - 1] == b'.'
+            && domain.contains('.');
+        if !is_ascii_host(&domain) || !(host == domain || (parent && !is_ip)) {
+            anyhow::bail!(
+                "cookie_domain {raw:?} is neither public_url's host ({host:?}) nor a parent \
+                 domain of it: set LATCHKEY_COOKIE_DOMAIN to e.g. the domain that latchkey \
+                 and the applications it protects share, or leave it unset"
+            );
+        }
+        Ok(Some(domain))
+    }
+
     /// `public_url` without a trailing slash, for building links in mail.
     pub fn public_base(&self) -> &str {
         self.public_url.as_str().trim_end_matches('/')
+    }
+}
+
+/// A list from a TOML array or a comma-separated string (as environment variables give it).
+fn comma_list<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum List {
+        One(String),
+        Many(Vec<String>),
+    }
+    let items = match List::deserialize(deserializer)? {
+        List::One(joined) => joined.split(',').map(str::to_owned).collect::<Vec<_>>(),
+        List::Many(items) => items,
+    };
+    Ok(items
+        .into_iter()
+        .map(|item| item.trim().to_owned())
+        .filter(|item| !item.is_empty())
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use figment::providers::Serialized;
+
+    use super::*;
+
+    #[test]
+    fn lists_come_comma_separated_from_the_environment_or_as_arrays() {
+        let config: Config = Config::figment()
+            .merge(Serialized::default(
+                "allowed_hosts",
+                " app.example.com, *.example.org ,",
+            ))
+            .merge(Serialized::default("trusted_proxies", vec!["10.0.0.0/8"]))
+            .extract()
+            .unwrap();
+        assert_eq!(config.allowed_hosts, ["app.example.com", "*.example.org"]);
+        assert_eq!(config.trusted_proxies, ["10.0.0.0/8"]);
+        let defaults = Config::defaults().unwrap();
+        assert!(defaults.allowed_hosts.is_empty());
+        assert_eq!(defaults.trusted_proxies, ["127.0.0.1/32", "::1/128"]);
+        assert_eq!(defaults.cookie_domain().unwrap(), None);
+    }
+
+    #[test]
+    fn cookie_domain_must_be_the_host_or_a_parent() {
+        let mut config = Config::defaults().unwrap();
+        config.public_url = "https://auth.id.example.com".parse().unwrap();
+        for ok in [
+            "example.com",
+            ".Example.com",
+            "id.example.com",
+            "auth.id.example.com",
+        ] {
+            config.cookie_domain = Some(ok.into());
+            assert!(config.cookie_domain().unwrap().is_some(), "{ok}");
+        }
+        for bad in [
+            "ample.com",
+            "other.com",
+            "com",
+            "x.auth.id.example.com",
+            "example.com:443",
+        ] {
+            config.cookie_domain = Some(bad.into());
+            assert!(config.cookie_domain().is_err(), "{bad}");
+        }
     }
 }

@@ -8,6 +8,7 @@ pub mod passwords;
 pub mod reset;
 pub mod security;
 pub mod session;
+pub mod session_cache;
 pub mod set_password;
 pub mod sign_in;
 pub mod throttle;
@@ -37,6 +38,8 @@ pub struct Accounts {
     /// Work that outlives its request (reset mails); drained at shutdown.
     pub tasks: TaskTracker,
     pub settings: Arc<AccountSettings>,
+    /// Forward-auth answers, kept for a fraction of a second per instance.
+    pub session_cache: Arc<session::SessionCache>,
 }
 
 /// The settings the account rules read.
@@ -79,6 +82,9 @@ impl Accounts {
             pool,
             tasks: TaskTracker::new(),
             settings: Arc::new(AccountSettings::from_config(config)),
+            session_cache: Arc::new(session::SessionCache::new(Duration::from_millis(
+                config.forward_auth_cache_ms,
+            ))),
         })
     }
 }

@@ -3,10 +3,14 @@
 //! The session itself (cookie, id, stored keys) is `web::session`; here it is only values
 //! and the id's digest.
 
+use std::sync::Arc;
+use std::time::Instant;
+
 use uuid::Uuid;
 
+pub use super::session_cache::SessionCache;
 use super::{Accounts, Origin};
-use crate::domain::SessionDigest;
+use crate::domain::{EmailAddress, SessionDigest};
 use crate::store::audit::{self, EventKind};
 use crate::store::sessions;
 use crate::store::users::{self, User};
@@ -72,6 +76,18 @@ pub async fn current_user(
     let Some(signed_in) = signed_in else {
         return Ok(SessionHolder::Nobody);
     };
+    let holder = holder_of(accounts, &signed_in).await?;
+    if let (SessionHolder::SignedIn(_), Some(digest)) = (&holder, session) {
+        let s = &accounts.settings;
+        sessions::touch(&accounts.pool, digest, s.session_idle, s.session_absolute).await?;
+    }
+    Ok(holder)
+}
+
+/// The one rule for whether a signed-in session still holds, shared by the pages
+/// ([`current_user`]) and forward auth ([`authenticate`]): whatever ends a session for
+/// one ends it for the other.
+async fn holder_of(accounts: &Accounts, signed_in: &SignedIn) -> anyhow::Result<SessionHolder> {
     let Some(user) = users::find_by_id(&accounts.pool, signed_in.user_id).await? else {
         return Ok(SessionHolder::Ended);
     };
@@ -86,11 +102,60 @@ pub async fn current_user(
     if user.is_disabled() {
         return Ok(SessionHolder::Ended);
     }
-    if let Some(digest) = session {
+    Ok(SessionHolder::SignedIn(user))
+}
+
+/// Who a forward-auth check or `/api/whoami` says is signed in.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub user_id: Uuid,
+    pub email: EmailAddress,
+    pub two_factor: bool,
+    /// When the session was signed in (`None` for sessions from before it was recorded).
+    pub signed_in_at: Option<time::OffsetDateTime>,
+}
+
+/// The fully signed-in person of the session with this digest, for forward auth: the
+/// same rule as the pages ([`holder_of`]), on a live session that is not half-signed-in.
+/// It writes nothing but the session's "last active", at most once a minute, and it
+/// answers from a per-instance cache for at most [`SessionCache`]'s TTL, so a revocation
+/// anywhere reaches every instance within that time.
+pub async fn authenticate(
+    accounts: &Accounts,
+    digest: &SessionDigest,
+) -> anyhow::Result<Option<Arc<Identity>>> {
+    let cache = &accounts.session_cache;
+    if let Some(known) = cache.get(digest) {
+        return Ok(known);
+    }
+    // The entry's life starts before the read, so it never outlives a revocation that
+    // committed during the read by more than the TTL.
+    let asked_at = Instant::now();
+    let identity = look_up(accounts, digest).await?.map(Arc::new);
+    cache.put(digest, identity.clone(), asked_at);
+    Ok(identity)
+}
+
+async fn look_up(accounts: &Accounts, digest: &SessionDigest) -> anyhow::Result<Option<Identity>> {
+    let Some(live) = sessions::find_signed_in(&accounts.pool, digest).await? else {
+        return Ok(None);
+    };
+    let signed_in = SignedIn::new(live.user_id, live.password_set_at);
+    let SessionHolder::SignedIn(user) = holder_of(accounts, &signed_in).await? else {
+        return Ok(None);
+    };
+    if !live.recently_seen {
         let s = &accounts.settings;
         sessions::touch(&accounts.pool, digest, s.session_idle, s.session_absolute).await?;
     }
-    Ok(SessionHolder::SignedIn(user))
+    Ok(Some(Identity {
+        user_id: user.id,
+        two_factor: user.has_two_factor(),
+        email: user.email,
+        signed_in_at: live
+            .signed_in_at
+            .and_then(|at| time::OffsetDateTime::from_unix_timestamp(at).ok()),
+    }))
 }
 
 /// Records a sign-out of `user_id`'s session (when the session had one); the caller then

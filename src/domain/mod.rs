@@ -1,6 +1,7 @@
 //! Values parsed once at the edge, so every function that takes one can trust it.
 
 pub mod email;
+pub mod hosts;
 pub mod next;
 pub mod password;
 pub mod session;
@@ -8,6 +9,7 @@ pub mod token;
 pub mod user_agent;
 
 pub use email::EmailAddress;
-pub use next::SafeNext;
+pub use hosts::{AllowedHosts, TrustedProxies};
+pub use next::{Destinations, SafeNext};
 pub use session::SessionDigest;
 pub use user_agent::describe_user_agent;

@@ -187,3 +187,46 @@ pub async fn delete_one(
     .context("deleting a session")?;
     Ok(done.rows_affected() == 1)
 }
+
+/// What a forward-auth check needs of a live signed-in session (half-signed-in sessions,
+/// which have no `user_id`, are not found).
+#[derive(Debug)]
+pub struct LiveSession {
+    pub user_id: Uuid,
+    /// The session data's `password_set_at` and `signed_in_at` (JSON numbers).
+    pub password_set_at: Option<i64>,
+    pub signed_in_at: Option<i64>,
+    /// "Last active" was written within the last minute: no touch needed.
+    pub recently_seen: bool,
+}
+
+/// A live signed-in session by its digest: one read on the primary key, no write.
+#[tracing::instrument(skip_all)]
+pub async fn find_signed_in(
+    pool: &PgPool,
+    digest: &SessionDigest,
+) -> anyhow::Result<Option<LiveSession>> {
+    let row = sqlx::query!(
+        r#"select user_id as "user_id!", data -> 'password_set_at' as password_set_at,
+                  data -> 'signed_in_at' as signed_in_at,
+                  last_seen_at >= now() - interval '60 seconds' as "recently_seen!"
+           from sessions
+           where id_hash = $1 and expires_at > now() and user_id is not null"#,
+        digest.as_bytes(),
+    )
+    .fetch_optional(pool)
+    .await
+    .context("looking up a session")?;
+    Ok(row.map(|row| LiveSession {
+        user_id: row.user_id,
+        password_set_at: row
+            .password_set_at
+            .as_ref()
+            .and_then(serde_json::Value::as_i64),
+        signed_in_at: row
+            .signed_in_at
+            .as_ref()
+            .and_then(serde_json::Value::as_i64),
+        recently_seen: row.recently_seen,
+    }))
+}

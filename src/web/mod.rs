@@ -4,6 +4,7 @@
 pub mod csrf;
 pub mod error;
 pub mod forgot_password;
+pub mod forward_auth;
 pub mod headers;
 pub mod health;
 pub mod home;
@@ -47,10 +48,16 @@ impl FromRequestParts<AppState> for ClientOrigin {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(addr)| addr.ip());
         // The trusted proxy appends the address it saw to the last line; a client may
         // send lines of its own before it, so only the very last hop across all lines
         // counts (the header may arrive as several lines, equivalent to one joined by commas).
-        let forwarded = if state.config.trust_forwarded_for {
+        // Believed only when the peer itself is a trusted proxy, as forward auth's headers.
+        let from_proxy = peer.is_some_and(|ip| state.trusted_proxies.contains(ip));
+        let forwarded = if state.config.trust_forwarded_for && from_proxy {
             parts
                 .headers
                 .get_all("x-forwarded-for")
@@ -63,12 +70,7 @@ impl FromRequestParts<AppState> for ClientOrigin {
         } else {
             None
         };
-        let ip = forwarded.or_else(|| {
-            parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|ConnectInfo(addr)| addr.ip().to_string())
-        });
+        let ip = forwarded.or_else(|| peer.map(|ip| ip.to_string()));
         let user_agent = parts
             .headers
             .get(header::USER_AGENT)

@@ -74,7 +74,10 @@ async fn show(
     csrf: CsrfToken,
     Query(query): Query<SignInQuery>,
 ) -> Response {
-    let next = query.next.as_deref().and_then(SafeNext::parse);
+    let next = query
+        .next
+        .as_deref()
+        .and_then(|n| SafeNext::parse_within(n, &state.destinations));
     if user.is_some() {
         return Redirect::to(next.as_ref().map_or("/", |n| n.as_str())).into_response();
     }
@@ -102,7 +105,7 @@ async fn submit(
     session: AuthSession,
     WebForm(form): WebForm<SignInForm>,
 ) -> Result<Response, AppError> {
-    let next = SafeNext::parse(&form.next);
+    let next = SafeNext::parse_within(&form.next, &state.destinations);
     let form_with_errors = |errors: Errors, status: StatusCode| {
         let mut page =
             SignInPage::new(&state, &csrf.0, form.email.trim().to_owned(), next.as_ref());
@@ -140,14 +143,35 @@ async fn submit(
     }
 }
 
+#[derive(Deserialize, Default)]
+struct SignOutForm {
+    #[serde(default)]
+    next: Option<String>,
+}
+
+/// Ends the session; then back to sign-in, or to `next` (a form field or the query) when
+/// it is a place latchkey may send people (an application it protects, say).
 async fn sign_out(
-    State(accounts): State<Accounts>,
+    State(state): State<AppState>,
     ClientOrigin(origin): ClientOrigin,
     session: AuthSession,
+    Query(query): Query<SignOutForm>,
+    WebForm(form): WebForm<SignOutForm>,
 ) -> Result<Response, AppError> {
-    sessions::record_sign_out(&accounts, session.user_id().await?, &origin).await?;
+    let accounts = &state.accounts;
+    if let Some(digest) = session.digest() {
+        accounts.session_cache.forget(&digest);
+    }
+    sessions::record_sign_out(accounts, session.user_id().await?, &origin).await?;
     session.sign_out().await?;
-    Ok(Redirect::to("/sign-in?notice=signed-out").into_response())
+    let next = form
+        .next
+        .or(query.next)
+        .and_then(|n| SafeNext::parse_within(&n, &state.destinations));
+    Ok(match next {
+        Some(next) => Redirect::to(next.as_str()).into_response(),
+        None => Redirect::to("/sign-in?notice=signed-out").into_response(),
+    })
 }
 
 /// The right password for a disabled account: 403, and whom to ask.
@@ -205,6 +229,7 @@ struct SecondStepForm {
 }
 
 async fn submit_second_step(
+    State(state): State<AppState>,
     State(accounts): State<Accounts>,
     csrf: CsrfToken,
     ClientOrigin(origin): ClientOrigin,
@@ -222,7 +247,10 @@ async fn submit_second_step(
             session
                 .sign_in(user.id, pending.password_set_at, &origin)
                 .await?;
-            let next = pending.next.as_deref().and_then(SafeNext::parse);
+            let next = pending
+                .next
+                .as_deref()
+                .and_then(|n| SafeNext::parse_within(n, &state.destinations));
             Ok(Redirect::to(next.as_ref().map_or("/", |n| n.as_str())).into_response())
         }
         Err(TwoFactorError::Service(ServiceError::Throttled { retry_after })) => Ok(throttled(

@@ -87,6 +87,11 @@ impl Driver {
     /// A new Chromium with a fresh profile; `javascript: false` blocks scripts for
     /// every site, as a person who turned JavaScript off would have it.
     pub async fn session(&self, javascript: bool) -> Client {
+        self.session_with(javascript, &[]).await
+    }
+
+    /// As `session`, with `extra` Chromium switches (e.g. `--host-resolver-rules=…`).
+    pub async fn session_with(&self, javascript: bool, extra: &[&str]) -> Client {
         let profile = self
             .profiles
             .join(uuid::Uuid::new_v4().simple().to_string());
@@ -116,6 +121,10 @@ impl Driver {
             "--window-size=1280,900".to_owned(),
             format!("--user-data-dir={}", profile.display()),
         ];
+        let args: Vec<String> = args
+            .into_iter()
+            .chain(extra.iter().map(|arg| (*arg).to_owned()))
+            .collect();
         let mut caps = Capabilities::new();
         caps.insert("browserName".into(), json!("chrome"));
         caps.insert(

@@ -1,11 +1,14 @@
 //! The flows, each done with the keyboard alone (Tab to a control, type, Enter), with
 //! JavaScript on and off. Every page met passes a checkpoint (see `page.rs`).
 
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use latchkey_test_support::proxies::{APP_HOST, Kind, Protected};
 
 use crate::driver::Driver;
 use crate::helpers::{NEW_PASSWORD, PASSWORD, TestApp};
-use crate::page::Page;
+use crate::page::{Page, Report};
 
 const EMAIL: &str = "ada@example.com";
 
@@ -362,4 +365,90 @@ pub async fn dead_ends(_app: &TestApp, page: &Page) {
     page.tab_to("main a[href='/']").await;
     page.enter_and_wait().await;
     assert_path(page, "/sign-in").await;
+}
+
+/// An application behind the real nginx under deploy/nginx/latchkey.conf: a visit
+/// lands on latchkey's sign-in, signing in comes back to the exact URL, the
+/// application sees who it is, and signing out locks it again. Chromium resolves
+/// latchkey's and the application's host names (`*.example.test`) to loopback, so the
+/// cookie on `example.test` is the browser's own, shared by the two hosts as in
+/// production; the two origins count as secure (as they would under https; on a
+/// plain-http name Chromium ignores `Cross-Origin-Opener-Policy` and says so in the
+/// console). Without nginx this flow fails under `CI` and is skipped otherwise.
+pub async fn forward_auth(
+    driver: &Driver,
+    javascript: bool,
+    axe: Arc<String>,
+    report: Arc<Mutex<Report>>,
+) {
+    if !Kind::Nginx.installed("browser forward_auth") {
+        return;
+    }
+    let stack = Protected::start(Kind::Nginx).await;
+    let switches = [
+        "--host-resolver-rules=MAP *.example.test 127.0.0.1".to_owned(),
+        format!(
+            "--unsafely-treat-insecure-origin-as-secure={},{}",
+            stack.auth_base(),
+            stack.url_on(APP_HOST, "")
+        ),
+    ];
+    let switches: Vec<&str> = switches.iter().map(String::as_str).collect();
+    let client = driver.session_with(javascript, &switches).await;
+    let closer = client.clone();
+    let outcome = tokio::spawn(async move {
+        let page = Page::new(client, &stack.auth_base(), javascript, axe, report).await;
+        forward_auth_flow(&stack, &page).await;
+    })
+    .await;
+    let _ = closer.close().await;
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+async fn forward_auth_flow(stack: &Protected, page: &Page) {
+    stack.app.create_user(EMAIL, PASSWORD).await;
+    let wanted = stack.url_on(APP_HOST, "/reports/q3?team=ops&view=full");
+
+    page.goto_url(&wanted).await;
+    let sign_in_prefix = format!("{}/sign-in?next=", stack.auth_base());
+    let url = page.current_url().await;
+    assert!(url.starts_with(&sign_in_prefix), "sent to {url}");
+    assert_eq!(stack.echo.count(), 0, "nothing reached the application");
+    page.checkpoint("forward-auth-sign-in").await;
+
+    page.fill("#email", EMAIL).await;
+    page.fill("#password", PASSWORD).await;
+    page.enter_and_wait().await;
+    assert_eq!(page.current_url().await, wanted, "back to the exact URL");
+    // The page's own request (the browser may ask for /favicon.ico as well).
+    let seen = stack.echo.seen();
+    let last = seen
+        .iter()
+        .find(|s| s.path_and_query() == "/reports/q3?team=ops&view=full")
+        .unwrap_or_else(|| panic!("the page never reached the application: {seen:?}"));
+    assert_eq!(last.header("remote-email"), Some(EMAIL));
+    assert!(last.header("remote-user").is_some_and(|id| !id.is_empty()));
+    assert!(
+        page.text("body").await.contains(EMAIL),
+        "the application's page shows who signed in"
+    );
+
+    // Signing out on latchkey's own host locks the application again.
+    page.goto("/").await;
+    sign_out(page).await;
+    let reached = stack.echo.count();
+    page.goto_url(&wanted).await;
+    let url = page.current_url().await;
+    assert!(
+        url.starts_with(&sign_in_prefix),
+        "after sign-out, sent to {url}"
+    );
+    assert_eq!(
+        stack.echo.count(),
+        reached,
+        "nothing reached the application"
+    );
+    page.checkpoint("forward-auth-signed-out").await;
 }

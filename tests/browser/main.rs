@@ -20,13 +20,14 @@ use driver::Driver;
 use latchkey_test_support::helpers::{self, TestApp};
 use page::{Page, Report};
 
-const FLOWS: [&str; 6] = [
+const FLOWS: [&str; 7] = [
     "sign_in_and_out",
     "forgot_password",
     "change_password",
     "sign_out_other_sessions",
     "two_factor",
     "dead_ends",
+    "forward_auth",
 ];
 
 async fn run_flow(name: &str, app: &TestApp, page: &Page, driver: &Driver) {
@@ -103,16 +104,27 @@ async fn run(selected: Vec<(&'static str, bool)>) -> ExitCode {
             if javascript { "" } else { " (JavaScript off)" }
         );
         let flow_started = Instant::now();
-        let client = driver.session(javascript).await;
+        // forward_auth opens its own Chromium, once its proxy's port is known.
+        let client = if flow == "forward_auth" {
+            None
+        } else {
+            Some(driver.session(javascript).await)
+        };
         let closer = client.clone();
         let (axe, report, flow_driver) = (axe.clone(), report.clone(), driver.clone());
         let outcome = tokio::spawn(async move {
+            let Some(client) = client else {
+                flows::forward_auth(&flow_driver, javascript, axe, report).await;
+                return;
+            };
             let app = TestApp::spawn().await;
             let page = Page::new(client, &app.base, javascript, axe, report).await;
             run_flow(flow, &app, &page, &flow_driver).await;
         })
         .await;
-        let _ = closer.close().await;
+        if let Some(closer) = closer {
+            let _ = closer.close().await;
+        }
         let secs = flow_started.elapsed().as_secs_f64();
         match outcome {
             Ok(()) => println!("test {label} ... ok ({secs:.1} s)"),

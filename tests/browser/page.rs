@@ -105,6 +105,17 @@ impl Page {
         self.wait_loaded().await;
     }
 
+    /// Opens an absolute URL (another host than `base`, e.g. a protected application).
+    pub async fn goto_url(&self, url: &str) {
+        self.client.goto(url).await.expect("goto");
+        self.wait_loaded().await;
+    }
+
+    /// The whole current URL.
+    pub async fn current_url(&self) -> String {
+        self.client.current_url().await.expect("url").to_string()
+    }
+
     async fn js(&self, script: &str) -> Json {
         self.client
             .execute(script, vec![])

@@ -3,12 +3,13 @@
 //! The harness is the `latchkey-test-support` crate (tests/support/); its modules are
 //! imported here so every test reaches them as `crate::helpers`, `crate::burst`, ….
 
-use latchkey_test_support::{burst, database, helpers, process, smtp_sink, tcp_proxy};
+use latchkey_test_support::{burst, database, echo, helpers, process, smtp_sink, tcp_proxy};
 
 mod cli;
 mod crash;
 mod db_faults;
 mod email_key;
+mod forward_auth;
 mod ha;
 mod harness;
 mod hostile;
@@ -16,6 +17,7 @@ mod housekeeping;
 mod instances;
 mod migrations;
 mod operator;
+mod proxies;
 mod races;
 mod reset;
 mod round_trips;

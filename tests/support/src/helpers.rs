@@ -221,6 +221,25 @@ impl Browser {
         }
     }
 
+    /// A browser for the service at `base` whose client resolves each of `hosts` to
+    /// 127.0.0.1 (the port comes from the URL), as a machine with those names in DNS
+    /// would: the Host header, cookie domains and redirects are the real names'.
+    pub fn resolving(base: &str, hosts: &[&str]) -> Browser {
+        let jar = Arc::new(Jar::default());
+        let mut builder = Client::builder()
+            .redirect(Policy::none())
+            .cookie_provider(jar.clone())
+            .timeout(Duration::from_secs(30));
+        for host in hosts {
+            builder = builder.resolve(host, std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+        }
+        Browser {
+            client: builder.build().expect("client"),
+            jar,
+            base: base.to_owned(),
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }

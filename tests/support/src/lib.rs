@@ -8,12 +8,16 @@
 //!   database ([`process::TestDatabase`]).
 //! - [`smtp_sink`]: a real SMTP server that keeps what it receives.
 //! - [`tcp_proxy`]: a TCP proxy that can cut or stall a connection (database faults).
+//! - [`echo`]: the application a proxy protects: echoes what reached it, as JSON.
+//! - [`proxies`]: the real nginx and Caddy under the files in `deploy/`.
 //! - [`burst`]: every connection opened first, then every request written at once: the
 //!   harness for every concurrency test.
 
 pub mod burst;
 pub mod database;
+pub mod echo;
 pub mod helpers;
 pub mod process;
+pub mod proxies;
 pub mod smtp_sink;
 pub mod tcp_proxy;
