@@ -209,8 +209,9 @@ async fn form_page(client: &Client, url: &str) -> anyhow::Result<(String, String
     Ok((cookie, token))
 }
 
-/// One complete sign-in, as a browser without cookies would do it.
-async fn sign_in_once(client: &Client, base: &str, email: &str) -> anyhow::Result<()> {
+/// One complete sign-in, as a browser without cookies would do it; the session cookie
+/// (`name=value`) it got.
+pub async fn sign_in_once(client: &Client, base: &str, email: &str) -> anyhow::Result<String> {
     let url = format!("{base}/sign-in");
     let (cookie, token) = form_page(client, &url).await?;
     let r = client
@@ -229,12 +230,15 @@ async fn sign_in_once(client: &Client, base: &str, email: &str) -> anyhow::Resul
         .headers()
         .get_all(header::SET_COOKIE)
         .iter()
-        .any(|v| v.as_bytes().starts_with(b"latchkey_session="));
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with("latchkey_session="))
+        .and_then(|v| v.split(';').next())
+        .map(str::to_owned);
     let _ = r.bytes().await;
-    if status != StatusCode::SEE_OTHER || !to_home || !session {
-        bail!("POST /sign-in answered {status}");
+    match session {
+        Some(session) if status == StatusCode::SEE_OTHER && to_home => Ok(session),
+        _ => bail!("POST /sign-in answered {status}"),
     }
-    Ok(())
 }
 
 /// What the sign-in clients share with whoever drives them. `running` decides (with
@@ -344,7 +348,7 @@ async fn sign_in_while_running(
         let result = sign_in_once(client, base, email).await;
         let measuring = shared.measuring.load(Ordering::SeqCst);
         match &result {
-            Ok(()) => {
+            Ok(_) => {
                 shared.done.fetch_add(1, Ordering::SeqCst);
                 if measuring {
                     latency.push(started.elapsed());
@@ -434,4 +438,88 @@ pub async fn wait_for_mail(dir: &Path, expected: usize) -> usize {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     count()
+}
+
+// ---------------------------------------------------------------------------------------
+// Forward-auth checks
+
+/// Which cookie each forward-auth check carries.
+#[derive(Clone)]
+pub enum CheckCookie {
+    /// The same `name=value` on every check (a signed-in browser).
+    Fixed(String),
+    /// No cookie at all.
+    None,
+    /// A fresh random, well-formed session id on every check (an attacker's flood).
+    Random,
+}
+
+/// `connections` proxies sending nginx's `auth_request` subrequest back to back for
+/// `run_for`; answers with `expect` count, anything else is an error.
+pub async fn hammer_checks(
+    base: &str,
+    original_url: &str,
+    cookie: CheckCookie,
+    expect: StatusCode,
+    connections: usize,
+    run_for: Duration,
+) -> anyhow::Result<Hammered> {
+    use base64::Engine as _;
+    use rand::RngCore as _;
+    let url = format!("{base}/api/authz/auth-request");
+    let started = Instant::now();
+    let deadline = started + run_for;
+    let mut workers = Vec::new();
+    for _ in 0..connections {
+        let client = client(1)?;
+        let (url, original_url, cookie) = (url.clone(), original_url.to_owned(), cookie.clone());
+        workers.push(tokio::spawn(async move {
+            let (mut ok, mut errors, mut latency) = (0u64, 0u64, Samples::default());
+            while Instant::now() < deadline {
+                let mut request = client
+                    .get(&url)
+                    .header("x-original-url", &original_url)
+                    .header("x-original-method", "GET");
+                match &cookie {
+                    CheckCookie::Fixed(c) => request = request.header(header::COOKIE, c),
+                    CheckCookie::None => {}
+                    CheckCookie::Random => {
+                        let mut id = [0u8; 16];
+                        rand::rngs::OsRng.fill_bytes(&mut id);
+                        let id = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(id);
+                        request = request.header(header::COOKIE, format!("latchkey_session={id}"));
+                    }
+                }
+                let sent = Instant::now();
+                let answered = match request.send().await {
+                    Ok(r) => r.status() == expect && r.bytes().await.is_ok(),
+                    Err(_) => false,
+                };
+                if answered {
+                    latency.push(sent.elapsed());
+                    ok += 1;
+                } else {
+                    errors += 1;
+                }
+            }
+            (ok, errors, latency)
+        }));
+    }
+    let (mut ok, mut errors, mut latency) = (0, 0, Samples::default());
+    for worker in workers {
+        let (o, e, l) = worker.await?;
+        ok += o;
+        errors += e;
+        latency.extend(l);
+    }
+    Ok(Hammered {
+        per_s: ok as f64 / started.elapsed().as_secs_f64(),
+        errors,
+        latency,
+    })
+}
+
+/// A client for one-off requests (the forward-auth phase's sign-in).
+pub fn one_client() -> anyhow::Result<Client> {
+    client(1)
 }

@@ -1,6 +1,6 @@
 //! What the benchmark measures, in which order: set-up, idle latency, cheap pages, the
 //! argon2 limit and sign-ins in interleaved slices, round trips per sign-in, forgot
-//! password, memory. Each phase adds its figures to the report.
+//! password, forward-auth checks, memory. Each phase adds its figures to the report.
 
 use std::time::{Duration, Instant};
 
@@ -15,7 +15,10 @@ use sqlx::postgres::PgPoolOptions;
 
 use crate::cpu::{CpuSnapshot, CpuUsage, loadavg, rss_mb};
 use crate::limit::{Limit, argon2_limit};
-use crate::load::{Probed, Samples, SignIns, forgot_timings, hammer, probe, wait_for_mail};
+use crate::load::{
+    CheckCookie, Probed, Samples, SignIns, forgot_timings, hammer, hammer_checks, one_client,
+    probe, sign_in_once, wait_for_mail,
+};
 use crate::relay::{Relay, base_via_relay, upstream_of};
 use crate::report::{Report, round};
 use crate::service::{self, Resources};
@@ -32,6 +35,9 @@ const DEFAULT_PAIRS: usize = 5;
 /// Sign-ins alone (no probe) whose Postgres round trips and rows are counted.
 const ROUND_TRIPS_FOR: Duration = Duration::from_secs(4);
 const FORGOT_EACH: usize = 60;
+/// Each kind of forward-auth check runs this long, on this many proxy connections.
+const CHECKS_FOR: Duration = Duration::from_secs(6);
+const CHECK_CONNECTIONS: usize = 16;
 
 /// What the phases share once the service is up.
 struct Bench {
@@ -55,10 +61,16 @@ struct Bench {
 pub async fn measure(res: &mut Resources) -> anyhow::Result<Report> {
     let mut report = Report::default();
     let bench = set_up(res, &mut report).await?;
+    // LATCHKEY_BENCH_ONLY=forward-auth: set-up and the forward-auth phase alone.
+    if std::env::var("LATCHKEY_BENCH_ONLY").is_ok_and(|v| v == "forward-auth") {
+        forward_auth(&bench, &mut report).await?;
+        return Ok(report);
+    }
     idle_latency(&bench, &mut report).await?;
     cheap_pages(&bench, &mut report).await?;
     sign_in_against_limit(&bench, &mut report).await?;
     forgot_password(&bench, res, &mut report).await?;
+    forward_auth(&bench, &mut report).await?;
     report.add(
         "5. memory",
         "service peak RSS (VmHWM) over the run",
@@ -576,6 +588,109 @@ fn report_latency_under_load(report: &mut Report, probe: &Probed) {
         probe.errors as f64,
         "",
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// 7. Forward auth: nginx's auth_request subrequest, as fast as it goes
+
+async fn forward_auth(bench: &Bench, report: &mut Report) -> anyhow::Result<()> {
+    let cookie = sign_in_once(&one_client()?, &bench.base, &bench.signin_users[0]).await?;
+    let original = format!("{}/protected/page?x=1", bench.base);
+    let section = "7. forward auth";
+    report.meta(
+        "forward_auth_cache_ms",
+        json!(
+            std::env::var("LATCHKEY_FORWARD_AUTH_CACHE_MS")
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(250)
+        ),
+    );
+    report.meta("forward_auth_connections", json!(CHECK_CONNECTIONS));
+    for (who, key, cookie, expect) in [
+        (
+            "signed in",
+            "signed_in",
+            CheckCookie::Fixed(cookie),
+            reqwest::StatusCode::OK,
+        ),
+        (
+            "stranger, no cookie",
+            "no_cookie",
+            CheckCookie::None,
+            reqwest::StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "stranger, a random cookie each",
+            "random_cookie",
+            CheckCookie::Random,
+            reqwest::StatusCode::UNAUTHORIZED,
+        ),
+    ] {
+        eprintln!(
+            "bench: (7) auth-request checks, {who}, {CHECK_CONNECTIONS} connections for {CHECKS_FOR:?}"
+        );
+        let mark = service::mark_writes(&bench.pool, &bench.tables).await?;
+        let trips0 = bench.relay.round_trips();
+        let cpu0 = CpuSnapshot::take(bench.service_pid, &bench.pg_pids)?;
+        let run = hammer_checks(
+            &bench.base,
+            &original,
+            cookie,
+            expect,
+            CHECK_CONNECTIONS,
+            CHECKS_FOR,
+        )
+        .await?;
+        let cpu1 = CpuSnapshot::take(bench.service_pid, &bench.pg_pids)?;
+        let trips = bench.relay.round_trips().saturating_sub(trips0);
+        let written = service::rows_written_since(&bench.pool, &bench.tables, &mark).await?;
+        let checks = (run.per_s * CHECKS_FOR.as_secs_f64()).max(1.0);
+        report.add(
+            section,
+            &format!("auth-request checks/s, {who}"),
+            &format!("fa_{key}_per_s"),
+            run.per_s,
+            "/s",
+        );
+        report.add(
+            section,
+            "  p50",
+            &format!("fa_{key}_p50_ms"),
+            run.latency.p(0.5),
+            "ms",
+        );
+        report.add(
+            section,
+            "  p99",
+            &format!("fa_{key}_p99_ms"),
+            run.latency.p(0.99),
+            "ms",
+        );
+        report.add(
+            section,
+            "  failed or unexpected answers",
+            &format!("fa_{key}_errors"),
+            run.errors as f64,
+            "",
+        );
+        report.add(
+            section,
+            "  database rows written per check",
+            &format!("fa_{key}_rows_per_check"),
+            written.total as f64 / checks,
+            "rows",
+        );
+        report.add(
+            section,
+            "  Postgres round trips per check",
+            &format!("fa_{key}_round_trips_per_check"),
+            trips as f64 / checks,
+            "",
+        );
+        report.cpu(section, &format!("fa_{key}"), &cpu1.since(&cpu0));
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------

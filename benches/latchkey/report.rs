@@ -58,6 +58,37 @@ fn targets(v: &dyn Fn(&str) -> f64) -> Vec<(&'static str, String, bool)> {
             v("anon_rows_written") == 0.0,
         ),
         (
+            "fa_signed_in_per_s",
+            format!(
+                "forward auth: signed in {:.0}/s >= 10000, p99 {:.2} <= 5 ms",
+                v("fa_signed_in_per_s"),
+                v("fa_signed_in_p99_ms")
+            ),
+            v("fa_signed_in_per_s") >= 10_000.0 && v("fa_signed_in_p99_ms") <= 5.0,
+        ),
+        (
+            "fa_stranger_per_s",
+            format!(
+                "forward auth: strangers {:.0}/s (no cookie) and {:.0}/s (random cookie) >= 10000, p99 {:.2} / {:.2} <= 5 ms",
+                v("fa_no_cookie_per_s"),
+                v("fa_random_cookie_per_s"),
+                v("fa_no_cookie_p99_ms"),
+                v("fa_random_cookie_p99_ms")
+            ),
+            v("fa_no_cookie_per_s") >= 10_000.0
+                && v("fa_random_cookie_per_s") >= 10_000.0
+                && v("fa_no_cookie_p99_ms") <= 5.0
+                && v("fa_random_cookie_p99_ms") <= 5.0,
+        ),
+        (
+            "fa_rows_per_check",
+            format!(
+                "forward auth: rows written per check {} = 0",
+                v("fa_signed_in_rows_per_check") + v("fa_random_cookie_rows_per_check")
+            ),
+            v("fa_signed_in_rows_per_check") + v("fa_random_cookie_rows_per_check") == 0.0,
+        ),
+        (
             "peak_rss_mb",
             format!("peak_rss_mb {:.1} <= 100", v("peak_rss_mb")),
             v("peak_rss_mb") <= 100.0,
