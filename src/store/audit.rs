@@ -18,6 +18,7 @@ pub enum EventKind {
     TwoFactorEnabled,
     TwoFactorDisabled,
     RecoveryCodesRegenerated,
+    AccountCreated,
 }
 
 impl EventKind {
@@ -33,6 +34,7 @@ impl EventKind {
             EventKind::TwoFactorEnabled => "two_factor_enabled",
             EventKind::TwoFactorDisabled => "two_factor_disabled",
             EventKind::RecoveryCodesRegenerated => "recovery_codes_regenerated",
+            EventKind::AccountCreated => "account_created",
         }
     }
 
@@ -49,6 +51,7 @@ impl EventKind {
             "two_factor_enabled" => "Two-factor authentication turned on",
             "two_factor_disabled" => "Two-factor authentication turned off",
             "recovery_codes_regenerated" => "New recovery codes made",
+            "account_created" => "Account created",
             _ => "Security event",
         }
     }
