@@ -20,13 +20,14 @@ use driver::Driver;
 use latchkey_test_support::helpers::{self, TestApp};
 use page::{Page, Report};
 
-const FLOWS: [&str; 6] = [
+const FLOWS: [&str; 7] = [
     "sign_in_and_out",
     "forgot_password",
     "change_password",
     "sign_out_other_sessions",
     "two_factor",
     "dead_ends",
+    "sign_up",
 ];
 
 async fn run_flow(name: &str, app: &TestApp, page: &Page, driver: &Driver) {
@@ -37,6 +38,7 @@ async fn run_flow(name: &str, app: &TestApp, page: &Page, driver: &Driver) {
         "sign_out_other_sessions" => flows::sign_out_other_sessions(app, page, driver).await,
         "two_factor" => flows::two_factor(app, page).await,
         "dead_ends" => flows::dead_ends(app, page).await,
+        "sign_up" => flows::sign_up(app, page).await,
         other => unreachable!("unknown flow {other}"),
     }
 }
@@ -107,7 +109,12 @@ async fn run(selected: Vec<(&'static str, bool)>) -> ExitCode {
         let closer = client.clone();
         let (axe, report, flow_driver) = (axe.clone(), report.clone(), driver.clone());
         let outcome = tokio::spawn(async move {
-            let app = TestApp::spawn().await;
+            // Sign-up is closed by default; its flow runs with it open.
+            let app = if flow == "sign_up" {
+                TestApp::spawn_with(|c| c.sign_up = latchkey::config::SignUp::Open).await
+            } else {
+                TestApp::spawn().await
+            };
             let page = Page::new(client, &app.base, javascript, axe, report).await;
             run_flow(flow, &app, &page, &flow_driver).await;
         })
