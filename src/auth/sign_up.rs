@@ -136,6 +136,10 @@ pub async fn record_request(
     use secrecy::ExposeSecret;
     let key = email.key();
     let ttl = accounts.settings.reset_token_ttl_secs;
+    // Looked up before the transaction, so a request never holds one connection while it
+    // waits for another (many requests for one address queue on its lock). An account
+    // made in between is caught at confirmation, which never makes a second one.
+    let existing = users::find_by_email(&accounts.pool, email).await?;
     let mut tx = accounts.pool.begin().await?;
     sign_ups::lock_address(&mut tx, &key).await?;
     if sign_ups::count_recent(&mut *tx, &key).await?
@@ -144,7 +148,6 @@ pub async fn record_request(
         tracing::info!("sign-up mail limit reached for the address; nothing sent");
         return Ok(());
     }
-    let existing = users::find_by_email(&accounts.pool, email).await?;
     let mail = match existing {
         Some(user) => {
             sign_ups::record_existing(&mut tx, email.as_str(), &key, ttl, origin.ip.as_deref())
