@@ -164,7 +164,14 @@ pub fn router(state: AppState) -> Router {
         None => session_layer,
     };
 
-    let pages = Router::new()
+    let mut pages = Router::new();
+    if state.config.sign_up == crate::config::SignUp::Open {
+        pages = pages.merge(web::sign_up::router());
+    }
+    if state.config.dev_mailbox_enabled() {
+        pages = pages.merge(web::dev_mailbox::router());
+    }
+    let pages = pages
         .merge(web::home::router())
         .merge(web::sign_in::router())
         .merge(web::forgot_password::router())

@@ -55,6 +55,10 @@ pub struct Config {
     pub max_connections: usize,
     /// Serve `/metrics` here instead of on `listen` (where it then answers 404).
     pub metrics_listen: Option<SocketAddr>,
+    /// `open` lets people create their own account (`/sign-up`); `closed` shows none.
+    pub sign_up: SignUp,
+    /// Domains that may sign up (exact, case-insensitive); empty: any.
+    pub sign_up_domains: DomainList,
     pub argon2: Argon2Config,
     pub policy: PolicyConfig,
     pub throttle: ThrottleConfig,
@@ -66,6 +70,71 @@ pub struct Config {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// Whether people may create their own account. Anything but `open` or `closed` is refused
+/// when the configuration is read.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SignUp {
+    Open,
+    Closed,
+}
+
+/// Email domains, lowercased, from a comma-separated list (`example.com, example.org`);
+/// empty entries are skipped, and an entry that is not a bare domain is refused.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DomainList(Vec<String>);
+
+impl DomainList {
+    pub fn parse(list: &str) -> Result<DomainList, String> {
+        let mut domains = Vec::new();
+        for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let valid = entry.len() <= 253
+                && entry.contains('.')
+                && !entry.starts_with('.')
+                && !entry.ends_with('.')
+                && entry
+                    .chars()
+                    .all(|c| c.is_alphanumeric() || c == '-' || c == '.');
+            if !valid {
+                return Err(format!(
+                    "sign_up_domains: {entry:?} is not a domain (give domains such as example.com, comma-separated)"
+                ));
+            }
+            domains.push(entry.to_lowercase());
+        }
+        Ok(DomainList(domains))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn as_slice(&self) -> &[String] {
+        &self.0
+    }
+
+    /// Whether an address's domain may sign up: any when the list is empty.
+    pub fn allows(&self, domain: &str) -> bool {
+        self.0.is_empty() || self.0.iter().any(|d| d.eq_ignore_ascii_case(domain))
+    }
+}
+
+impl<'de> Deserialize<'de> for DomainList {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            One(String),
+            Many(Vec<String>),
+        }
+        let joined = match Raw::deserialize(deserializer)? {
+            Raw::One(list) => list,
+            Raw::Many(list) => list.join(","),
+        };
+        DomainList::parse(&joined).map_err(serde::de::Error::custom)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -167,6 +236,21 @@ impl Config {
             );
         }
         Ok(Some(domain))
+    }
+
+    /// The development mailbox (`/dev/mailbox`) exists only when mail goes to files and
+    /// the service is reached over plain http on a loopback address: someone trying it on
+    /// their own machine.
+    pub fn dev_mailbox_enabled(&self) -> bool {
+        if self.smtp_url.is_some() || self.public_url.scheme() != "http" {
+            return false;
+        }
+        match self.public_url.host() {
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+            None => false,
+        }
     }
 
     /// `public_url` without a trailing slash, for building links in mail.

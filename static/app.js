@@ -107,8 +107,9 @@
         var body = new URLSearchParams();
         body.set("csrf_token", form.elements.csrf_token ? form.elements.csrf_token.value : "");
         body.set("password", password);
-        if (form.elements.username) {
-          body.set("email", form.elements.username.value);
+        var who = form.elements.username || form.elements.email;
+        if (who) {
+          body.set("email", who.value);
         }
         if (form.dataset.twoFactor === "true") {
           body.set("two_factor", "true");

@@ -423,6 +423,63 @@ pub async fn forgot_timings(
     Ok((known_t, unknown_t))
 }
 
+/// POST /sign-up response times, addresses with an account and without alternating (which
+/// goes first alternates too), one at a time with the same pause as for forgot-password.
+/// Both paths hash the chosen password on the request path; the mail goes after the answer.
+pub async fn sign_up_timings(
+    base: &str,
+    known: &[String],
+    unknown: &[String],
+    password: &str,
+) -> anyhow::Result<(Samples, Samples)> {
+    let client = client(1)?;
+    let url = format!("{base}/sign-up");
+    let (cookie, token) = form_page(&client, &url).await?;
+    let post = |email: String| {
+        let request = client
+            .post(&url)
+            .header(header::COOKIE, cookie.clone())
+            .form(&[
+                ("email", email.as_str()),
+                ("new_password", password),
+                ("new_password_confirm", password),
+                ("csrf_token", token.as_str()),
+            ]);
+        async move {
+            let sent = Instant::now();
+            let r = request.send().await?;
+            let status = r.status();
+            let body = r.text().await?;
+            let took = sent.elapsed();
+            if status != StatusCode::OK || !body.contains("Check your email") {
+                bail!("POST /sign-up answered {status}");
+            }
+            Ok::<Duration, anyhow::Error>(took)
+        }
+    };
+    for i in 0..3 {
+        post(format!("sign-up-warm-{i:03}@example.com")).await?;
+    }
+    let (mut known_t, mut unknown_t) = (Samples::default(), Samples::default());
+    for (i, (k, u)) in known.iter().zip(unknown).enumerate() {
+        let order = if i % 2 == 0 {
+            [(k, true), (u, false)]
+        } else {
+            [(u, false), (k, true)]
+        };
+        for (email, is_known) in order {
+            let took = post(email.clone()).await?;
+            if is_known {
+                known_t.push(took);
+            } else {
+                unknown_t.push(took);
+            }
+            tokio::time::sleep(FORGOT_GAP).await;
+        }
+    }
+    Ok((known_t, unknown_t))
+}
+
 /// How many `.eml` files the service wrote, waiting up to 20 s for `expected`.
 pub async fn wait_for_mail(dir: &Path, expected: usize) -> usize {
     let count = || {

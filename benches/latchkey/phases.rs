@@ -17,7 +17,7 @@ use crate::cpu::{CpuSnapshot, CpuUsage, loadavg, rss_mb};
 use crate::limit::{Limit, argon2_limit};
 use crate::load::{
     CheckCookie, Probed, Samples, SignIns, forgot_timings, hammer, hammer_checks, one_client,
-    probe, sign_in_once, wait_for_mail,
+    probe, sign_in_once, sign_up_timings, wait_for_mail,
 };
 use crate::relay::{Relay, base_via_relay, upstream_of};
 use crate::report::{Report, round};
@@ -71,6 +71,7 @@ pub async fn measure(res: &mut Resources) -> anyhow::Result<Report> {
     sign_in_against_limit(&bench, &mut report).await?;
     forgot_password(&bench, res, &mut report).await?;
     forward_auth(&bench, &mut report).await?;
+    sign_up(&bench, res, &mut report).await?;
     report.add(
         "5. memory",
         "service peak RSS (VmHWM) over the run",
@@ -737,6 +738,67 @@ async fn forgot_password(
         (
             "reset mails written (expected one per known address)",
             "forgot_mails_written",
+            mails as f64,
+            "",
+        ),
+    ];
+    for (label, key, value, unit) in rows {
+        report.add(section, label, key, value, unit);
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// 7. Sign-up, addresses with an account and without
+
+async fn sign_up(bench: &Bench, res: &Resources, report: &mut Report) -> anyhow::Result<()> {
+    let unknown: Vec<String> = (0..bench.known.len())
+        .map(|i| format!("sign-up-new-{i:04}@example.com"))
+        .collect();
+    eprintln!(
+        "bench: (7) POST /sign-up, {} addresses with an account and {} without",
+        bench.known.len(),
+        unknown.len()
+    );
+    let mail_dir = res.tmp.join("mail");
+    let before = wait_for_mail(&mail_dir, 0).await;
+    let (known_t, unknown_t) =
+        sign_up_timings(&bench.base, &bench.known, &unknown, crate::PASSWORD).await?;
+    // One mail per request: a link for a new address, a note for one with an account
+    // (three warm-up requests included).
+    let expected = before + bench.known.len() + unknown.len() + 3;
+    let mails = wait_for_mail(&mail_dir, expected).await - before;
+    let (km, um) = (known_t.p(0.5), unknown_t.p(0.5));
+    let section = "7. sign-up";
+    let rows = [
+        (
+            "address with an account, median",
+            "sign_up_known_median_ms",
+            km,
+            "ms",
+        ),
+        ("new address, median", "sign_up_unknown_median_ms", um, "ms"),
+        (
+            "known minus new, median",
+            "sign_up_median_diff_ms",
+            km - um,
+            "ms",
+        ),
+        (
+            "address with an account, p99",
+            "sign_up_known_p99_ms",
+            known_t.p(0.99),
+            "ms",
+        ),
+        (
+            "new address, p99",
+            "sign_up_unknown_p99_ms",
+            unknown_t.p(0.99),
+            "ms",
+        ),
+        (
+            "sign-up mails written (one per request)",
+            "sign_up_mails_written",
             mails as f64,
             "",
         ),

@@ -25,6 +25,7 @@ pub struct Report {
 /// (key, description, met?) for each target of the issue.
 fn targets(v: &dyn Fn(&str) -> f64) -> Vec<(&'static str, String, bool)> {
     let diff = (v("forgot_known_median_ms") - v("forgot_unknown_median_ms")).abs();
+    let sign_up_diff = (v("sign_up_known_median_ms") - v("sign_up_unknown_median_ms")).abs();
     vec![
         (
             "signin_ratio_median",
@@ -97,6 +98,11 @@ fn targets(v: &dyn Fn(&str) -> f64) -> Vec<(&'static str, String, bool)> {
             "forgot_median_diff_ms",
             format!("|forgot known - unknown median| {diff:.2} <= 5 ms"),
             diff <= 5.0,
+        ),
+        (
+            "sign_up_median_diff_ms",
+            format!("|sign-up known - new median| {sign_up_diff:.2} <= 5 ms"),
+            sign_up_diff <= 5.0,
         ),
     ]
 }

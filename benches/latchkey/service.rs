@@ -208,6 +208,7 @@ pub fn start_service(tmp: &Path, db_url: &str, port: u16) -> anyhow::Result<Chil
         .env("LATCHKEY_LISTEN", format!("127.0.0.1:{port}"))
         .env("LATCHKEY_PUBLIC_URL", format!("http://127.0.0.1:{port}"))
         .env("LATCHKEY_IP_RATE_LIMIT", "0")
+        .env("LATCHKEY_SIGN_UP", "open")
         .env("LATCHKEY_MAIL_DIR", tmp.join("mail"))
         .env(
             "LATCHKEY_SECRET_KEY",

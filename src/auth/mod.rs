@@ -11,6 +11,7 @@ pub mod session;
 pub mod session_cache;
 pub mod set_password;
 pub mod sign_in;
+pub mod sign_up;
 pub mod throttle;
 pub mod two_factor;
 
@@ -55,6 +56,8 @@ pub struct AccountSettings {
     pub session_absolute: Duration,
     /// How long a reset request waits for a database connection before it is refused.
     pub db_acquire_timeout: Duration,
+    /// The domains that may sign up (empty: any).
+    pub sign_up_domains: crate::config::DomainList,
 }
 
 impl AccountSettings {
@@ -67,6 +70,7 @@ impl AccountSettings {
             session_idle: Duration::from_secs(config.session.idle_timeout_secs),
             session_absolute: Duration::from_secs(config.session.absolute_timeout_secs),
             db_acquire_timeout: Duration::from_millis(config.db_acquire_timeout_ms),
+            sign_up_domains: config.sign_up_domains.clone(),
         }
     }
 }

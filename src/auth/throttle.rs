@@ -22,6 +22,7 @@ use crate::store::users::{self, User};
 pub enum IpScope {
     SignIn,
     ForgotPassword,
+    SignUp,
 }
 
 impl IpScope {
@@ -29,6 +30,7 @@ impl IpScope {
         match self {
             IpScope::SignIn => "sign_in",
             IpScope::ForgotPassword => "forgot_password",
+            IpScope::SignUp => "sign_up",
         }
     }
 }

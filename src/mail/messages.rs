@@ -195,3 +195,99 @@ pub fn security_change(
         ),
     })
 }
+
+#[derive(Template)]
+#[template(path = "email/sign_up/text.txt")]
+struct SignUpText<'a> {
+    link: &'a str,
+    minutes: u64,
+    at: &'a Circumstances,
+}
+
+#[derive(Template)]
+#[template(path = "email/sign_up/html.html")]
+struct SignUpHtml<'a> {
+    link: &'a str,
+    minutes: u64,
+    at: &'a Circumstances,
+}
+
+/// "Confirm your latchkey account": the single-use link that creates the account.
+pub fn sign_up(
+    to: &str,
+    link: &str,
+    ttl_secs: u64,
+    origin: &Origin,
+) -> anyhow::Result<OutgoingMail> {
+    let at = Circumstances::new(origin);
+    let minutes = ttl_secs.div_ceil(60);
+    Ok(OutgoingMail {
+        to: to.to_owned(),
+        subject: "Confirm your latchkey account".to_owned(),
+        text: SignUpText {
+            link,
+            minutes,
+            at: &at,
+        }
+        .render()
+        .context("rendering the sign-up mail")?,
+        html: Some(
+            SignUpHtml {
+                link,
+                minutes,
+                at: &at,
+            }
+            .render()
+            .context("rendering the sign-up mail")?,
+        ),
+    })
+}
+
+#[derive(Template)]
+#[template(path = "email/sign_up_existing/text.txt")]
+struct SignUpExistingText<'a> {
+    sign_in_link: &'a str,
+    forgot_link: &'a str,
+    at: &'a Circumstances,
+}
+
+#[derive(Template)]
+#[template(path = "email/sign_up_existing/html.html")]
+struct SignUpExistingHtml<'a> {
+    sign_in_link: &'a str,
+    forgot_link: &'a str,
+    at: &'a Circumstances,
+}
+
+/// "You already have a latchkey account": someone tried to sign up with an address that
+/// has one. Links to sign in and to reset the password; no token, nothing created.
+pub fn sign_up_existing(
+    to: &str,
+    public_base: &str,
+    origin: &Origin,
+) -> anyhow::Result<OutgoingMail> {
+    let at = Circumstances::new(origin);
+    let sign_in_link = format!("{public_base}/sign-in");
+    let forgot_link = format!("{public_base}/forgot-password");
+    let (sign_in_link, forgot_link) = (sign_in_link.as_str(), forgot_link.as_str());
+    Ok(OutgoingMail {
+        to: to.to_owned(),
+        subject: "You already have a latchkey account".to_owned(),
+        text: SignUpExistingText {
+            sign_in_link,
+            forgot_link,
+            at: &at,
+        }
+        .render()
+        .context("rendering the existing-account mail")?,
+        html: Some(
+            SignUpExistingHtml {
+                sign_in_link,
+                forgot_link,
+                at: &at,
+            }
+            .render()
+            .context("rendering the existing-account mail")?,
+        ),
+    })
+}

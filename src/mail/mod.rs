@@ -1,5 +1,6 @@
 //! Mail: messages rendered from `templates/email/`, an outbox table, and its delivery worker.
 
+pub mod mailbox;
 pub mod messages;
 pub mod outbox;
 pub mod relay;

@@ -26,6 +26,7 @@ pub enum EventKind {
     SignedOutByOperator,
     /// An operator's `latchkey user reset-link`.
     ResetLinkByOperator,
+    AccountCreated,
 }
 
 impl EventKind {
@@ -45,6 +46,7 @@ impl EventKind {
             EventKind::AccountEnabled => "account_enabled",
             EventKind::SignedOutByOperator => "signed_out_by_operator",
             EventKind::ResetLinkByOperator => "reset_link_by_operator",
+            EventKind::AccountCreated => "account_created",
         }
     }
 
@@ -65,6 +67,7 @@ impl EventKind {
             "account_enabled" => "An administrator enabled this account again",
             "signed_out_by_operator" => "An administrator signed out every session",
             "reset_link_by_operator" => "An administrator created a reset link",
+            "account_created" => "Account created",
             _ => "Security event",
         }
     }

@@ -10,10 +10,11 @@ pub struct Swept {
     pub reset_tokens: u64,
     pub throttles: u64,
     pub outbox: u64,
+    pub sign_ups: u64,
 }
 
 /// Deletes expired sessions, tokens dead for a day, idle throttle rows, and mail that was
-/// delivered (or given up on) more than a week ago.
+/// delivered (or given up on) more than a week ago, and dead sign-ups.
 #[tracing::instrument(skip_all)]
 pub async fn sweep(pool: &PgPool) -> anyhow::Result<Swept> {
     let sessions = sqlx::query!("delete from sessions where expires_at <= now()")
@@ -53,7 +54,9 @@ pub async fn sweep(pool: &PgPool) -> anyhow::Result<Swept> {
     .await
     .context("deleting delivered mail")?
     .rows_affected();
+    let sign_ups = super::sign_ups::sweep(pool).await?;
     Ok(Swept {
+        sign_ups,
         sessions,
         reset_tokens,
         throttles,

@@ -8,6 +8,7 @@ pub mod outbox;
 pub mod reset_tokens;
 pub mod sessions;
 pub mod sign_in;
+pub mod sign_ups;
 pub mod throttle;
 pub mod two_factor;
 pub mod users;

@@ -2,6 +2,7 @@
 //! extractors and layers every page shares.
 
 pub mod csrf;
+pub mod dev_mailbox;
 pub mod error;
 pub mod forgot_password;
 pub mod forward_auth;
@@ -15,6 +16,7 @@ pub mod session;
 pub mod session_store;
 pub mod settings_security;
 pub mod sign_in;
+pub mod sign_up;
 pub mod two_factor;
 
 use std::net::SocketAddr;

@@ -36,6 +36,7 @@ struct SignInPage {
     email: String,
     next: Option<String>,
     reset_minutes: u64,
+    sign_up_open: bool,
 }
 
 impl SignInPage {
@@ -45,6 +46,7 @@ impl SignInPage {
             email,
             next: next.map(|n| n.as_str().to_owned()),
             reset_minutes: state.config.reset_token_ttl_secs.div_ceil(60),
+            sign_up_open: state.config.sign_up == crate::config::SignUp::Open,
         }
     }
 }
@@ -62,6 +64,9 @@ fn notice_text(key: Option<&str>) -> Option<String> {
             Some("Your password was changed. Sign in with your new password.".into())
         }
         "signed-out" => Some("You're signed out.".into()),
+        "account-ready" => {
+            Some("Your account is ready. Sign in with your email and password.".into())
+        }
         _ => None,
     }
 }

@@ -452,3 +452,51 @@ async fn forward_auth_flow(stack: &Protected, page: &Page) {
     );
     page.checkpoint("forward-auth-signed-out").await;
 }
+
+/// Sign-up (open): sign-in page → Create an account → the form (a mismatch first) →
+/// check your email → the link from the mail → Create account → sign in.
+pub async fn sign_up(app: &TestApp, page: &Page) {
+    page.goto("/sign-in").await;
+    page.tab_to("#sign-up-link").await;
+    page.enter_and_wait().await;
+    assert_path(page, "/sign-up").await;
+    page.checkpoint("sign-up").await;
+
+    page.fill("#email", EMAIL).await;
+    page.fill("#new_password", PASSWORD).await;
+    if page.javascript {
+        page.wait_for_text("#new_password-strength", "Strength:")
+            .await;
+    }
+    page.fill("#new_password_confirm", "not the same password at all")
+        .await;
+    page.enter_and_wait().await;
+    assert_error(page, "Enter the same password in both fields").await;
+    page.checkpoint("sign-up-error").await;
+
+    page.fill("#new_password", PASSWORD).await;
+    page.fill("#new_password_confirm", PASSWORD).await;
+    page.enter_and_wait().await;
+    assert!(page.text("main").await.contains(EMAIL));
+    page.checkpoint("sign-up-check-email").await;
+
+    // Nobody can sign in before the link is confirmed.
+    let mails = app.mails_to(EMAIL, 1).await;
+    assert_eq!(mails.len(), 1, "one sign-up mail");
+    assert_eq!(app.count("select count(*) from users").await, 0);
+    let link = mails[0].first_link().expect("a link in the mail");
+    assert!(link.starts_with(&page.base), "{link}");
+    page.goto(&link[page.base.len()..]).await;
+    assert!(page.path().await.starts_with("/sign-up/confirm?token="));
+    assert!(page.text("main").await.contains(EMAIL));
+    page.checkpoint("sign-up-confirm").await;
+    page.tab_to("form[action='/sign-up/confirm'] button").await;
+    page.enter_and_wait().await;
+    assert!(page.path().await.starts_with("/sign-in"));
+    assert_banner(page, "Your account is ready").await;
+    page.checkpoint("sign-in-account-ready").await;
+
+    sign_in(page, EMAIL, PASSWORD).await;
+    assert_path(page, "/").await;
+    assert!(page.text("main").await.contains(EMAIL) || page.text("header").await.contains(EMAIL));
+}

@@ -20,7 +20,7 @@ use driver::Driver;
 use latchkey_test_support::helpers::{self, TestApp};
 use page::{Page, Report};
 
-const FLOWS: [&str; 7] = [
+const FLOWS: [&str; 8] = [
     "sign_in_and_out",
     "forgot_password",
     "change_password",
@@ -28,6 +28,7 @@ const FLOWS: [&str; 7] = [
     "two_factor",
     "dead_ends",
     "forward_auth",
+    "sign_up",
 ];
 
 async fn run_flow(name: &str, app: &TestApp, page: &Page, driver: &Driver) {
@@ -38,6 +39,7 @@ async fn run_flow(name: &str, app: &TestApp, page: &Page, driver: &Driver) {
         "sign_out_other_sessions" => flows::sign_out_other_sessions(app, page, driver).await,
         "two_factor" => flows::two_factor(app, page).await,
         "dead_ends" => flows::dead_ends(app, page).await,
+        "sign_up" => flows::sign_up(app, page).await,
         other => unreachable!("unknown flow {other}"),
     }
 }
@@ -117,7 +119,12 @@ async fn run(selected: Vec<(&'static str, bool)>) -> ExitCode {
                 flows::forward_auth(&flow_driver, javascript, axe, report).await;
                 return;
             };
-            let app = TestApp::spawn().await;
+            // Sign-up is closed by default; its flow runs with it open.
+            let app = if flow == "sign_up" {
+                TestApp::spawn_with(|c| c.sign_up = latchkey::config::SignUp::Open).await
+            } else {
+                TestApp::spawn().await
+            };
             let page = Page::new(client, &app.base, javascript, axe, report).await;
             run_flow(flow, &app, &page, &flow_driver).await;
         })

@@ -142,7 +142,25 @@ async fn the_sweep_deletes_only_what_is_dead_and_keeps_what_is_live() {
     )
     .await;
 
+    // Sign-ups: used or expired ones go once they no longer count against the address's
+    // hourly limit; live ones, and dead ones still inside that hour, stay.
+    exec(
+        &app,
+        "insert into sign_ups (email, email_key, token_hash, password_hash, created_at, expires_at, used_at) values
+           ('used@example.com', 'used@example.com', '\\x01', '$argon2id$x', now() - interval '2 hours', now() - interval '90 minutes', now() - interval '2 hours'),
+           ('expired@example.com', 'expired@example.com', '\\x02', '$argon2id$x', now() - interval '3 hours', now() - interval '150 minutes', null),
+           ('counted@example.com', 'counted@example.com', '\\x03', '$argon2id$x', now() - interval '40 minutes', now() - interval '1 minute', null),
+           ('pending@example.com', 'pending@example.com', '\\x04', '$argon2id$x', now() - interval '10 minutes', now() + interval '20 minutes', null)",
+    )
+    .await;
+
     let swept = sweep(&app.pool).await.expect("sweep");
+    let (kept,): (Vec<String>,) =
+        sqlx::query_as("select coalesce(array_agg(email order by email), '{}') from sign_ups")
+            .fetch_one(&app.pool)
+            .await
+            .expect("sign-ups left");
+    assert_eq!(kept, ["counted@example.com", "pending@example.com"]);
 
     assert_eq!(
         swept,
@@ -151,6 +169,7 @@ async fn the_sweep_deletes_only_what_is_dead_and_keeps_what_is_live() {
             reset_tokens: 2,
             throttles: 3,
             outbox: 2,
+            sign_ups: 2,
         }
     );
     // The live session still works, and the account's sessions are exactly the live one:

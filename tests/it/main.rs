@@ -25,6 +25,7 @@ mod server_limits;
 mod session_binding;
 mod settings;
 mod sign_in;
+mod sign_up;
 mod smtp_tls;
 mod soak;
 mod strength;
