@@ -810,3 +810,41 @@ async fn start_up_refuses_allowed_hosts_and_trusted_proxies_that_do_not_parse() 
         );
     }
 }
+
+#[tokio::test]
+async fn an_operators_disable_is_refused_by_both_instances_within_a_second() {
+    use latchkey::auth::operator;
+    let app = spawn().await;
+    let sibling = app.spawn_sibling().await;
+    let (_browser, cookie, _) = signed_in(&app).await;
+    for base in [&app.base, &sibling.base] {
+        assert_status(
+            &auth_request(base, Some(APP_URL), Some(&cookie)).await,
+            StatusCode::OK,
+        );
+    }
+    operator::disable(&app.state().accounts, EMAIL, &operator::command_line())
+        .await
+        .expect("disable");
+    let disabled = Instant::now();
+    for base in [&app.base, &sibling.base] {
+        let took = refused_within(disabled, async || {
+            auth_request(base, Some(APP_URL), Some(&cookie))
+                .await
+                .status()
+        })
+        .await;
+        assert!(took < Duration::from_secs(1), "{base}: took {took:?}");
+    }
+    let who = whoami(&sibling.base, Some(&cookie)).await;
+    assert_status(&who, StatusCode::UNAUTHORIZED);
+    // Enabling restores sign-in, not the session.
+    operator::enable(&app.state().accounts, EMAIL, &operator::command_line())
+        .await
+        .expect("enable");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_status(
+        &auth_request(&sibling.base, Some(APP_URL), Some(&cookie)).await,
+        StatusCode::UNAUTHORIZED,
+    );
+}
