@@ -749,14 +749,14 @@ async fn forgot_password(
 }
 
 // ---------------------------------------------------------------------------------------
-// 7. Sign-up, addresses with an account and without
+// 8. Sign-up, addresses with an account and without
 
 async fn sign_up(bench: &Bench, res: &Resources, report: &mut Report) -> anyhow::Result<()> {
     let unknown: Vec<String> = (0..bench.known.len())
         .map(|i| format!("sign-up-new-{i:04}@example.com"))
         .collect();
     eprintln!(
-        "bench: (7) POST /sign-up, {} addresses with an account and {} without",
+        "bench: (8) POST /sign-up, {} addresses with an account and {} without",
         bench.known.len(),
         unknown.len()
     );
@@ -769,7 +769,7 @@ async fn sign_up(bench: &Bench, res: &Resources, report: &mut Report) -> anyhow:
     let expected = before + bench.known.len() + unknown.len() + 3;
     let mails = wait_for_mail(&mail_dir, expected).await - before;
     let (km, um) = (known_t.p(0.5), unknown_t.p(0.5));
-    let section = "7. sign-up";
+    let section = "8. sign-up";
     let rows = [
         (
             "address with an account, median",
