@@ -2,6 +2,7 @@
 
 pub mod mailbox;
 pub mod messages;
+pub mod mime;
 pub mod outbox;
 pub mod relay;
 pub mod transport;
