@@ -379,72 +379,45 @@ pub async fn forgot_timings(
     known: &[String],
     unknown: &[String],
 ) -> anyhow::Result<(Samples, Samples)> {
-    let client = client(1)?;
-    let url = format!("{base}/forgot-password");
-    let (cookie, token) = form_page(&client, &url).await?;
-    let post = |email: String| {
-        let request = client
-            .post(&url)
-            .header(header::COOKIE, cookie.clone())
-            .form(&[("email", email.as_str()), ("csrf_token", token.as_str())]);
-        async move {
-            let sent = Instant::now();
-            let r = request.send().await?;
-            let status = r.status();
-            let body = r.text().await?;
-            let took = sent.elapsed();
-            if status != StatusCode::OK || !body.contains("Check your email") {
-                bail!("POST /forgot-password answered {status}");
-            }
-            Ok::<Duration, anyhow::Error>(took)
-        }
-    };
-    // Warm the connection and the code paths; not counted.
-    for i in 0..3 {
-        post(format!("reset-warm-{i:03}@example.com")).await?;
-    }
-    let (mut known_t, mut unknown_t) = (Samples::default(), Samples::default());
-    for (i, (k, u)) in known.iter().zip(unknown).enumerate() {
-        let order = if i % 2 == 0 {
-            [(k, true), (u, false)]
-        } else {
-            [(u, false), (k, true)]
-        };
-        for (email, is_known) in order {
-            let took = post(email.clone()).await?;
-            if is_known {
-                known_t.push(took);
-            } else {
-                unknown_t.push(took);
-            }
-            tokio::time::sleep(FORGOT_GAP).await;
-        }
-    }
-    Ok((known_t, unknown_t))
+    enumeration_timings(base, "/forgot-password", &[], known, unknown).await
 }
 
-/// POST /sign-up response times, addresses with an account and without alternating (which
-/// goes first alternates too), one at a time with the same pause as for forgot-password.
-/// Both paths hash the chosen password on the request path; the mail goes after the answer.
+/// POST /sign-up response times, addresses with an account and without alternating, as
+/// for forgot-password. Both paths hash the chosen password on the request path; the mail
+/// goes after the answer.
 pub async fn sign_up_timings(
     base: &str,
     known: &[String],
     unknown: &[String],
     password: &str,
 ) -> anyhow::Result<(Samples, Samples)> {
+    let fields = [
+        ("new_password", password),
+        ("new_password_confirm", password),
+    ];
+    enumeration_timings(base, "/sign-up", &fields, known, unknown).await
+}
+
+/// Response times of a form at `path` that must answer every address alike ("Check your
+/// email"): `known` and `unknown` alternate (which goes first alternates too), one at a
+/// time, with a pause for the work done after the answer; three warm-up posts first.
+async fn enumeration_timings(
+    base: &str,
+    path: &str,
+    fields: &[(&str, &str)],
+    known: &[String],
+    unknown: &[String],
+) -> anyhow::Result<(Samples, Samples)> {
     let client = client(1)?;
-    let url = format!("{base}/sign-up");
+    let url = format!("{base}{path}");
     let (cookie, token) = form_page(&client, &url).await?;
     let post = |email: String| {
+        let mut form = vec![("email", email.as_str()), ("csrf_token", token.as_str())];
+        form.extend_from_slice(fields);
         let request = client
             .post(&url)
             .header(header::COOKIE, cookie.clone())
-            .form(&[
-                ("email", email.as_str()),
-                ("new_password", password),
-                ("new_password_confirm", password),
-                ("csrf_token", token.as_str()),
-            ]);
+            .form(&form);
         async move {
             let sent = Instant::now();
             let r = request.send().await?;
@@ -452,13 +425,15 @@ pub async fn sign_up_timings(
             let body = r.text().await?;
             let took = sent.elapsed();
             if status != StatusCode::OK || !body.contains("Check your email") {
-                bail!("POST /sign-up answered {status}");
+                bail!("POST {path} answered {status}");
             }
             Ok::<Duration, anyhow::Error>(took)
         }
     };
+    // Warm the connection and the code paths; not counted.
+    let warm = path.trim_start_matches('/');
     for i in 0..3 {
-        post(format!("sign-up-warm-{i:03}@example.com")).await?;
+        post(format!("{warm}-warm-{i:03}@example.com")).await?;
     }
     let (mut known_t, mut unknown_t) = (Samples::default(), Samples::default());
     for (i, (k, u)) in known.iter().zip(unknown).enumerate() {
