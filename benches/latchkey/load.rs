@@ -100,18 +100,7 @@ pub async fn hammer(
             (ok, errors, latency)
         }));
     }
-    let (mut ok, mut errors, mut latency) = (0, 0, Samples::default());
-    for worker in workers {
-        let (o, e, l) = worker.await?;
-        ok += o;
-        errors += e;
-        latency.extend(l);
-    }
-    Ok(Hammered {
-        per_s: ok as f64 / started.elapsed().as_secs_f64(),
-        errors,
-        latency,
-    })
+    gather(workers, started).await
 }
 
 // ---------------------------------------------------------------------------------------
@@ -537,6 +526,14 @@ pub async fn hammer_checks(
             (ok, errors, latency)
         }));
     }
+    gather(workers, started).await
+}
+
+/// Adds up what the load workers counted, as requests answered per second since `started`.
+async fn gather(
+    workers: Vec<tokio::task::JoinHandle<(u64, u64, Samples)>>,
+    started: Instant,
+) -> anyhow::Result<Hammered> {
     let (mut ok, mut errors, mut latency) = (0, 0, Samples::default());
     for worker in workers {
         let (o, e, l) = worker.await?;
