@@ -23,6 +23,48 @@ pub struct PendingSecondStep {
     pub password_set_at: time::OffsetDateTime,
 }
 
+/// How a sign-in was completed; recorded in the session so that the OpenID provider can
+/// say it (`amr`, RFC 8176) and re-authentication rules can weigh it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignInMethod {
+    /// The password alone.
+    Password,
+    /// The password, then a two-factor code or a recovery code.
+    PasswordAndCode,
+    /// A passkey with user verification (possession of the key plus PIN or biometrics).
+    Passkey,
+}
+
+impl SignInMethod {
+    /// The RFC 8176 authentication method references this sign-in stands for.
+    pub fn amr(self) -> &'static [&'static str] {
+        match self {
+            SignInMethod::Password => &["pwd"],
+            SignInMethod::PasswordAndCode => &["pwd", "otp", "mfa"],
+            SignInMethod::Passkey => &["hwk", "user", "mfa"],
+        }
+    }
+
+    /// The method a session recorded; sessions from before it was recorded were signed in
+    /// with a password (a second step, if any, is not known).
+    pub fn from_recorded(recorded: Option<&str>) -> SignInMethod {
+        match recorded {
+            Some("password_and_code") => SignInMethod::PasswordAndCode,
+            Some("passkey") => SignInMethod::Passkey,
+            _ => SignInMethod::Password,
+        }
+    }
+
+    /// How the session records it.
+    pub fn as_recorded(self) -> &'static str {
+        match self {
+            SignInMethod::Password => "password",
+            SignInMethod::PasswordAndCode => "password_and_code",
+            SignInMethod::Passkey => "passkey",
+        }
+    }
+}
+
 /// A signed-in session: whose, and the password it began with.
 #[derive(Debug, Clone)]
 pub struct SignedIn {

@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use super::session_store::{self, is_unavailable};
 use crate::auth::Origin;
-use crate::auth::session::{PendingSecondStep, SignedIn, password_stamp};
+use crate::auth::session::{PendingSecondStep, SignInMethod, SignedIn, password_stamp};
 use crate::domain::SessionDigest;
 use crate::store::users::User;
 
@@ -15,6 +15,8 @@ const USER_ID: &str = "user_id";
 const IP: &str = "ip";
 const USER_AGENT: &str = "user_agent";
 const SIGNED_IN_AT: &str = "signed_in_at";
+/// How the sign-in was completed ([`SignInMethod::as_recorded`]).
+const SIGN_IN_METHOD: &str = "sign_in_method";
 /// The account's `password_changed_at` when this session began (or last re-recorded it),
 /// as microseconds since the epoch (Postgres's precision, and what migration 0004 writes
 /// for older sessions): a session is worth only as much as the password it was opened with.
@@ -82,6 +84,7 @@ impl AuthSession {
         &self,
         user_id: Uuid,
         password_set_at: time::OffsetDateTime,
+        method: SignInMethod,
         origin: &Origin,
     ) -> anyhow::Result<()> {
         self.fresh_id().await?;
@@ -106,6 +109,10 @@ impl AuthSession {
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         self.0
             .insert(SIGNED_IN_AT, now)
+            .await
+            .map_err(store_error)?;
+        self.0
+            .insert(SIGN_IN_METHOD, method.as_recorded())
             .await
             .map_err(store_error)?;
         Ok(())
@@ -204,6 +211,16 @@ impl AuthSession {
             .insert(PASSWORD_SET_AT, password_stamp(password_set_at))
             .await
             .map_err(store_error)
+    }
+
+    /// How this session's sign-in was completed.
+    pub async fn sign_in_method(&self) -> anyhow::Result<SignInMethod> {
+        let recorded = self
+            .0
+            .get::<String>(SIGN_IN_METHOD)
+            .await
+            .map_err(store_error)?;
+        Ok(SignInMethod::from_recorded(recorded.as_deref()))
     }
 
     pub fn id(&self) -> Option<Id> {

@@ -14,6 +14,7 @@ use super::{AppError, AuthSession, ClientOrigin, CurrentUser, WebForm};
 use crate::app::AppState;
 use std::time::Duration;
 
+use crate::auth::session::SignInMethod;
 use crate::auth::sign_in::{SignInError, SignInOutcome, sign_in};
 use crate::auth::two_factor::{self, TwoFactorError};
 use crate::auth::{Accounts, ServiceError, session as sessions};
@@ -128,7 +129,12 @@ async fn submit(
             // The value from the row whose hash was just verified, not a fresh read: a
             // reset that committed meanwhile must leave this session worthless.
             session
-                .sign_in(user.id, user.password_changed_at, &origin)
+                .sign_in(
+                    user.id,
+                    user.password_changed_at,
+                    SignInMethod::Password,
+                    &origin,
+                )
                 .await?;
             Ok(Redirect::to(next.as_ref().map_or("/", |n| n.as_str())).into_response())
         }
@@ -250,7 +256,12 @@ async fn submit_second_step(
             // The password the first step verified (complete_sign_in checked it is still
             // the account's).
             session
-                .sign_in(user.id, pending.password_set_at, &origin)
+                .sign_in(
+                    user.id,
+                    pending.password_set_at,
+                    SignInMethod::PasswordAndCode,
+                    &origin,
+                )
                 .await?;
             let next = pending
                 .next
