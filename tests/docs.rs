@@ -77,18 +77,26 @@ fn struct_fields(config_rs: &str, name: &str) -> Vec<(String, String)> {
         .unwrap_or_else(|| panic!("config.rs has no struct {name}"));
     let body = &config_rs[start..];
     let end = body.find("\n}").expect("the struct ends");
-    body[..end]
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
-            let field = line.trim().strip_prefix("pub ")?;
-            let (name, ty) = field.split_once(':')?;
-            Some((
+    let mut fields = Vec::new();
+    // A field under `#[serde(skip)]` is not read from the configuration.
+    let mut skipped = false;
+    for line in body[..end].lines().skip(1) {
+        let line = line.trim();
+        if line.starts_with("#[serde(skip") {
+            skipped = true;
+            continue;
+        }
+        let Some((name, ty)) = line.strip_prefix("pub ").and_then(|f| f.split_once(':')) else {
+            continue;
+        };
+        if !std::mem::take(&mut skipped) {
+            fields.push((
                 name.trim().to_owned(),
                 ty.trim().trim_end_matches(',').to_owned(),
-            ))
-        })
-        .collect()
+            ));
+        }
+    }
+    fields
 }
 
 /// Every environment variable the configuration reads: the typed settings (figment maps
