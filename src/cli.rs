@@ -1,5 +1,5 @@
 //! The command line: `serve` (default), `migrate`, `user create|list|disable|enable|sign-out|
-//! reset-link`, `mail test --to A`. The `user` commands call `auth::operator` over an
+//! reset-link|two-factor-off`, `mail test --to A`. The `user` commands call `auth::operator` over an
 //! [`Accounts`] built as the server builds it.
 
 use std::io::BufRead;
@@ -86,6 +86,12 @@ enum UserCommand {
     },
     /// Print a single-use password reset link for an account.
     ResetLink {
+        #[arg(long)]
+        email: String,
+    },
+    /// Remove an account's authenticator and recovery codes and end every session of it
+    /// (a lost phone); the owner is told by mail.
+    TwoFactorOff {
         #[arg(long)]
         email: String,
     },
@@ -215,6 +221,19 @@ async fn user_command(config: &Config, command: UserCommand) -> anyhow::Result<(
                 user.email, user.id
             );
             println!("{link}");
+        }
+        UserCommand::TwoFactorOff { email } => {
+            let accounts = accounts(config).await?;
+            let (user, ended) = operator::two_factor_off(&accounts, &email, &origin)
+                .await
+                .map_err(failed)?;
+            println!(
+                "two-factor turned off for {} ({}): authenticator and recovery codes removed; \
+                 {ended} {} ended; the owner is told by mail",
+                user.email,
+                user.id,
+                sessions_word(ended)
+            );
         }
     }
     Ok(())

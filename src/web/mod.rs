@@ -3,6 +3,7 @@
 
 pub mod csrf;
 pub mod dev_mailbox;
+pub mod device;
 pub mod error;
 pub mod forgot_password;
 pub mod forward_auth;

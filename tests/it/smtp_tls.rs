@@ -285,8 +285,10 @@ async fn a_certificate_from_an_unknown_ca_is_refused_and_named() {
     // The service still starts; the mail waits, and /readyz says why.
     let app = TestApp::spawn_with(|config| {
         config.smtp_url = Some(SecretString::from(url));
+        config.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"));
     })
     .await;
+    let metrics_base = app.metrics_base().expect("a metrics listener");
     ask_for_reset(&app, "carol@example.com").await;
     let (attempts, class, error) = outbox_row_when(&app, "pending").await;
     assert!(attempts >= 1);
@@ -295,7 +297,7 @@ async fn a_certificate_from_an_unknown_ca_is_refused_and_named() {
         Some("certificate_not_trusted"),
         "{error:?}"
     );
-    let ready = app.browser().get("/readyz").await;
+    let ready = Browser::new(&metrics_base).get("/readyz").await;
     assert_status(&ready, StatusCode::OK);
     let body = ready.text().await.expect("body");
     assert!(body.contains("outbox pending=1"), "{body}");
@@ -303,8 +305,7 @@ async fn a_certificate_from_an_unknown_ca_is_refused_and_named() {
         body.contains("mail last_error=certificate_not_trusted"),
         "{body}"
     );
-    let metrics = app
-        .browser()
+    let metrics = Browser::new(&metrics_base)
         .get("/metrics")
         .await
         .text()
@@ -333,8 +334,10 @@ async fn wrong_credentials_are_a_permanent_failure_with_a_clear_message() {
     let app = TestApp::spawn_with(|config| {
         config.smtp_url = Some(SecretString::from(url));
         config.smtp_ca_file = Some(ca);
+        config.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"));
     })
     .await;
+    let metrics_base = app.metrics_base().expect("a metrics listener");
     ask_for_reset(&app, "dave@example.com").await;
     let (attempts, class, error) = outbox_row_when(&app, "failed").await;
     assert_eq!(attempts, 1, "a 5xx is not retried");
@@ -342,8 +345,7 @@ async fn wrong_credentials_are_a_permanent_failure_with_a_clear_message() {
     let error = error.expect("reason kept");
     assert!(error.contains("535"), "{error}");
     assert!(!error.contains("not-the-password"), "{error}");
-    let metrics = app
-        .browser()
+    let metrics = Browser::new(&metrics_base)
         .get("/metrics")
         .await
         .text()
