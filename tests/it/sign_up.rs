@@ -983,3 +983,199 @@ async fn the_dev_mailbox_does_not_exist_with_smtp_or_off_loopback() {
         StatusCode::OK,
     );
 }
+
+const STRANGERS_PASSWORD: &str = "a stranger's own long passphrase";
+
+/// The tokens of every sign-up link mailed to `email`.
+fn mailed_tokens(app: &TestApp, email: &str) -> Vec<String> {
+    app.smtp
+        .messages_to(email)
+        .iter()
+        .filter_map(|m| m.first_link())
+        .filter_map(|link| link.split("token=").nth(1).map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_asking_for_your_address_with_their_own_password_never_gets_the_account() {
+    let app = TestApp::spawn_with(|c| {
+        c.sign_up = SignUp::Open;
+        c.argon2.queue = 64;
+    })
+    .await;
+    let other = app.spawn_sibling().await;
+    for round in 0..ROUNDS {
+        let email = format!("alice{round}@example.com");
+        // The person asks once from one address on one instance; at the same moment the
+        // stranger asks twice from another address on the other instance, using up the
+        // hourly mail limit.
+        let browser = app.browser();
+        let csrf = browser.csrf_token("/sign-up").await;
+        let cookie = burst::cookie_header(&browser, &app.base);
+        let ask = |base: &str, password: &str, source: usize| RawRequest {
+            source: burst::source(source, 2),
+            target: burst::target(base),
+            bytes: burst::form_post(
+                base,
+                "/sign-up",
+                &cookie,
+                &[
+                    ("email", email.as_str()),
+                    ("new_password", password),
+                    ("new_password_confirm", password),
+                    ("csrf_token", csrf.as_str()),
+                ],
+            ),
+        };
+        let answers = burst::burst(vec![
+            ask(&app.base, PASSWORD, 0),
+            ask(&other.base, STRANGERS_PASSWORD, 1),
+            ask(&other.base, STRANGERS_PASSWORD, 1),
+        ])
+        .await;
+        assert_eq!(
+            with_status(&answers, 200),
+            3,
+            "{:?}",
+            burst::tally(&answers)
+        );
+        assert_eq!(settled_mail(&app, &email).await, 3, "round {round}");
+
+        // Every link in the inbox opens, and each asks for its own password: the
+        // stranger's links refuse the person's password, the person's own link works.
+        let person = app.browser();
+        let tokens = mailed_tokens(&app, &email);
+        for token in &tokens {
+            assert_status(
+                &person.get(&format!("/sign-up/confirm?token={token}")).await,
+                StatusCode::OK,
+            );
+        }
+        let mut statuses = Vec::new();
+        for token in &tokens {
+            statuses.push(confirm_with(&person, token, PASSWORD).await.status());
+        }
+        eprintln!("round {round}: {statuses:?}");
+        assert_eq!(
+            statuses
+                .iter()
+                .filter(|s| **s == StatusCode::SEE_OTHER)
+                .count(),
+            1,
+            "round {round}: {statuses:?}"
+        );
+        assert!(
+            statuses.iter().all(|s| [
+                StatusCode::SEE_OTHER,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                StatusCode::GONE
+            ]
+            .contains(s)),
+            "{statuses:?}"
+        );
+        assert_eq!(accounts_for(&app, &email).await, 1);
+        assert_status(
+            &app.browser().sign_in(&email, STRANGERS_PASSWORD).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        );
+        assert_status(
+            &app.browser().sign_in(&email, PASSWORD).await,
+            StatusCode::SEE_OTHER,
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_wrong_password_keeps_the_link_usable_until_the_fifth() {
+    let app = open_app().await;
+    let browser = app.browser();
+    let token = sign_up_link(&app, &browser, "alice@example.com", PASSWORD, 1).await;
+    for _ in 0..4 {
+        let wrong = confirm_with(&browser, &token, STRANGERS_PASSWORD).await;
+        assert_status(&wrong, StatusCode::UNPROCESSABLE_ENTITY);
+        let page = wrong.text().await.unwrap();
+        assert!(page.contains("<title>Error: "), "an error title");
+        assert!(page.contains("name=\"password\"") && page.contains(&token));
+        assert_status(
+            &browser
+                .get(&format!("/sign-up/confirm?token={token}"))
+                .await,
+            StatusCode::OK,
+        );
+    }
+    assert_eq!(accounts_for(&app, "alice@example.com").await, 0);
+    assert_status(
+        &confirm_with(&browser, &token, STRANGERS_PASSWORD).await,
+        StatusCode::GONE,
+    );
+    // Void now, even for the right password.
+    assert_status(&confirm(&browser, &token).await, StatusCode::GONE);
+    assert_eq!(accounts_for(&app, "alice@example.com").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_wrong_passwords_at_once_on_two_instances_are_checked_at_most_five_times() {
+    let app = open_app().await;
+    let other = app.spawn_sibling().await;
+    for round in 0..ROUNDS {
+        let email = format!("alice{round}@example.com");
+        let browser = app.browser();
+        let token = sign_up_link(&app, &browser, &email, PASSWORD, 1).await;
+        let csrf = browser.csrf_token("/sign-up").await;
+        let cookie = burst::cookie_header(&browser, &app.base);
+        let requests = spread([&app.base, &other.base], 20, SOURCES, |base| {
+            let fields = [
+                ("token", token.as_str()),
+                ("password", STRANGERS_PASSWORD),
+                ("csrf_token", csrf.as_str()),
+            ];
+            burst::form_post(base, "/sign-up/confirm", &cookie, &fields)
+        });
+        let answers = burst::burst(requests).await;
+        let tally = burst::tally(&answers);
+        eprintln!("round {round}: {tally:?}");
+        assert_eq!(with_status(&answers, 422), 4, "round {round}: {tally:?}");
+        assert_eq!(with_status(&answers, 410), 16, "round {round}: {tally:?}");
+        let (failures,): (i32,) =
+            sqlx::query_as("select failed_attempts from sign_ups where email_key = $1")
+                .bind(&email)
+                .fetch_one(&app.pool)
+                .await
+                .unwrap();
+        assert_eq!(failures, 5, "round {round}");
+        assert_status(&confirm(&browser, &token).await, StatusCode::GONE);
+        assert_eq!(accounts_for(&app, &email).await, 0, "round {round}");
+    }
+}
+
+#[tokio::test]
+async fn a_sign_up_for_a_disabled_accounts_address_says_to_contact_the_operator() {
+    let app = open_app().await;
+    app.create_user("alice@example.com", PASSWORD).await;
+    sqlx::query("update users set disabled_at = now()")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let answer = sign_up(
+        &app.browser(),
+        "alice@example.com",
+        NEW_PASSWORD,
+        NEW_PASSWORD,
+    )
+    .await;
+    assert_status(&answer, StatusCode::OK);
+    let mails = app.mails_to("alice@example.com", 1).await;
+    assert_eq!(mails.len(), 1);
+    let text = mails[0].text_body().unwrap();
+    assert!(text.contains("That account is disabled"), "{text}");
+    assert!(
+        text.contains("contact the person who runs latchkey"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("/forgot-password"),
+        "no reset offered: {text}"
+    );
+    let html = mails[0].html_body().unwrap();
+    assert!(!html.contains("/forgot-password"), "{html}");
+}
