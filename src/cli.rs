@@ -54,6 +54,9 @@ enum MailCommand {
         #[arg(long)]
         to: String,
     },
+    /// Queue again the mail that failed because the relay refused our credentials (run
+    /// it once they are fixed); the running service sends it.
+    Retry,
 }
 
 #[derive(Debug, Subcommand)]
@@ -120,6 +123,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Mail {
             command: MailCommand::Test { to },
         } => mail_test(&config, &to).await,
+        Command::Mail {
+            command: MailCommand::Retry,
+        } => {
+            let pool = db::connect(&config).await?;
+            db::migrate(&pool).await?;
+            let queued = crate::store::outbox::requeue_auth_refused(&pool).await?;
+            println!("mail retry: {queued} message(s) the relay refused queued again");
+            Ok(())
+        }
     }
 }
 

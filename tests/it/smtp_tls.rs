@@ -481,3 +481,57 @@ async fn a_pending_mail_holds_no_link_in_clear() {
     assert!(!dump.contains("reset-password"), "link in clear: {dump}");
     assert!(!dump.contains("token="), "token in clear: {dump}");
 }
+
+#[tokio::test]
+async fn mail_the_relay_refused_for_our_credentials_is_sent_after_mail_retry() {
+    let Some(smtp) = TlsRelay::start("starttls") else {
+        return;
+    };
+    let ca = smtp.ca_file();
+    let wrong = smtp.url(&format!("smtp://{USER}:not-the-password@"), "?tls=required");
+    let mut app = TestApp::spawn_with(|config| {
+        config.smtp_url = Some(SecretString::from(wrong));
+        config.smtp_ca_file = Some(ca.clone());
+    })
+    .await;
+    ask_for_reset(&app, "erin@example.com").await;
+    let (_, class, _) = outbox_row_when(&app, "failed").await;
+    assert_eq!(class.as_deref(), Some("auth_refused"));
+    // Its body waits sealed, never in plain text.
+    assert_eq!(
+        app.count("select count(*) from outbox where body_enc is not null and text_body is null")
+            .await,
+        1
+    );
+    app.stop().await;
+
+    // The operator fixes the credentials and runs `latchkey mail retry`.
+    let out = Command::new(env!("CARGO_BIN_EXE_latchkey"))
+        .args(["mail", "retry"])
+        .env("DATABASE_URL", &app.database_url)
+        .env("LATCHKEY_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run latchkey mail retry");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("1 message(s)"), "{stdout}");
+    let right = smtp.url(&format!("smtp://{USER}:{SECRET}@"), "?tls=required");
+    let database_url = app.database_url.clone();
+    let _fixed = TestApp::spawn_with(|config| {
+        config.database_url = SecretString::from(database_url);
+        config.smtp_url = Some(SecretString::from(right));
+        config.smtp_ca_file = Some(ca);
+    })
+    .await;
+    let delivered = smtp.delivered(1).await;
+    assert_eq!(delivered.len(), 1);
+    assert!(
+        delivered[0].contains("reset-password?token="),
+        "the reset link arrives"
+    );
+}
