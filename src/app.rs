@@ -188,6 +188,16 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             web::csrf::protect,
         ));
+    // Outermost, so the CSRF check and the session layer both see the request as it
+    // leaves: a shared session cookie counts on these pages only with its host-only
+    // companion (a sibling host can toss the one but not the other).
+    let pages = match state.cookie_domain {
+        Some(_) => pages.layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            web::session_binding::guard,
+        )),
+        None => pages,
+    };
 
     // `/metrics` is never on this listener (see `metrics_router`).
     let mut app = Router::new()

@@ -26,6 +26,8 @@ pub struct Keys {
     pub outbox: [u8; 32],
     /// Signs the device cookie that tells a browser an account has used before.
     pub device: [u8; 32],
+    /// Binds a shared-domain session cookie to its host-only companion.
+    pub session_bind: [u8; 32],
 }
 
 impl std::fmt::Debug for Keys {
@@ -56,6 +58,7 @@ impl Keys {
             recovery: subkey(master, b"latchkey recovery codes v1"),
             outbox: subkey(master, b"latchkey outbox v1"),
             device: subkey(master, b"latchkey device cookie v1"),
+            session_bind: subkey(master, b"latchkey session binding v1"),
         }
     }
 }

@@ -704,3 +704,58 @@ async fn nginx_refuses_metrics() {
 async fn caddy_refuses_metrics() {
     metrics_are_refused(Kind::Caddy, "caddy_metrics").await;
 }
+
+/// A page on a sibling host sets the shared session cookie to the attacker's own
+/// session ("cookie tossing"): latchkey's own pages do not take it, because the
+/// host-only companion that only latchkey can set does not bind it.
+#[tokio::test]
+async fn a_session_cookie_tossed_by_a_sibling_host_is_ignored_on_latchkeys_pages() {
+    let Some(stack) = Stack::start(Kind::Nginx, "nginx_tossed_cookie").await else {
+        return;
+    };
+    stack.app.create_user(EMAIL, PASSWORD).await;
+    stack.app.create_user(FORGED_EMAIL, PASSWORD).await;
+    let attacker = stack.browser();
+    assert_status(
+        &attacker.sign_in(FORGED_EMAIL, PASSWORD).await,
+        StatusCode::SEE_OTHER,
+    );
+    let tossed = attacker
+        .session_cookie()
+        .expect("the attacker's session cookie");
+
+    let victim = stack.browser();
+    assert_status(
+        &victim.sign_in(EMAIL, PASSWORD).await,
+        StatusCode::SEE_OTHER,
+    );
+    let sibling = stack.url_on(APP_HOST, "/").parse().expect("url");
+    victim.jar.add_cookie_str(
+        &format!("latchkey_session={tossed}; Domain={COOKIE_DOMAIN}; Path=/"),
+        &sibling,
+    );
+    assert_eq!(victim.session_cookie().as_deref(), Some(tossed.as_str()));
+
+    for path in ["/", "/settings/security"] {
+        let page = victim.get(path).await;
+        let status = page.status();
+        let body = page.text().await.expect("body");
+        assert!(
+            !body.contains(FORGED_EMAIL),
+            "{path}: the tossed cookie put the browser in the attacker's account"
+        );
+        assert_eq!(
+            status,
+            StatusCode::SEE_OTHER,
+            "{path}: signed out, not swapped"
+        );
+    }
+    // Signing in again works as usual, in the victim's own account.
+    assert_status(
+        &victim.sign_in(EMAIL, PASSWORD).await,
+        StatusCode::SEE_OTHER,
+    );
+    let home = victim.get("/").await;
+    assert_status(&home, StatusCode::OK);
+    assert!(home.text().await.expect("body").contains(EMAIL));
+}
