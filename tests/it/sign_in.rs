@@ -525,9 +525,14 @@ async fn cookies_are_http_only_lax_and_host_prefixed_under_https() {
     assert!(csrf_cookie.starts_with("latchkey_csrf="));
     assert!(csrf_cookie.contains("HttpOnly") && csrf_cookie.contains("SameSite=Lax"));
     let signed_in = browser.sign_in("alice@example.com", PASSWORD).await;
-    let session_cookie = signed_in.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
+    // Among the cookies a sign-in sets (the device cookie too), the session's.
+    let session_cookie = signed_in
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|c| c.starts_with("latchkey_session="))
+        .unwrap_or_default()
         .to_owned();
     assert!(
         session_cookie.starts_with("latchkey_session="),
