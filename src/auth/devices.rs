@@ -77,10 +77,14 @@ fn device_for(accounts: &Accounts, presented: Option<&str>) -> DeviceId {
 }
 
 /// A sign-in completed for `user_id` in the browser that presented `presented`: when the
-/// account has not used this browser before (and `new_device_mail` is on), its owner is
-/// mailed "New sign-in to your account" with the time, the browser and the IP, and the
-/// event audited — with the device remembered, one transaction. Returns the device
-/// cookie's value to set (the same device when the cookie was valid).
+/// account has not used this browser before, its owner is mailed "New sign-in to your
+/// account" with the time, the browser and the IP, and the event audited. Returns the
+/// device cookie's value to set (the same device when the cookie was valid), or `None`
+/// when the notice is off (then nothing is stored or set).
+///
+/// A known browser costs one statement; only a new one opens a transaction for the
+/// audit row and the mail. Should that fail, the browser is forgotten again, so the
+/// next sign-in tries anew rather than never telling.
 #[tracing::instrument(skip_all, fields(user_id = %user_id))]
 pub async fn note_sign_in(
     accounts: &Accounts,
@@ -88,49 +92,65 @@ pub async fn note_sign_in(
     email: &str,
     presented: Option<&str>,
     origin: &Origin,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<Option<String>> {
+    if !accounts.settings.new_device_mail {
+        return Ok(None);
+    }
     let device = device_for(accounts, presented);
+    let digest = device.digest();
+    if devices::remember(&accounts.pool, user_id, &digest).await? {
+        if let Err(err) = tell_owner(accounts, user_id, email, origin).await {
+            devices::forget(&accounts.pool, user_id, &digest).await?;
+            return Err(err);
+        }
+    }
+    Ok(Some(device.cookie_value(&accounts.keys.device)))
+}
+
+/// The audit row and the queued mail of a sign-in from a new browser, one transaction.
+async fn tell_owner(
+    accounts: &Accounts,
+    user_id: Uuid,
+    email: &str,
+    origin: &Origin,
+) -> anyhow::Result<()> {
+    let mail = messages::security_change(
+        email,
+        &accounts.settings.public_base,
+        EventKind::NewDeviceSignIn,
+        origin,
+    )?;
     let mut tx = accounts.pool.begin().await?;
-    let new = devices::remember(&mut *tx, user_id, &device.digest()).await?;
-    let mailed = new && accounts.settings.new_device_mail;
-    if new {
-        audit::record(
-            &mut *tx,
-            EventKind::NewDeviceSignIn,
-            Some(user_id),
-            Some(email),
-            origin,
-            None,
-        )
-        .await?;
-    }
-    if mailed {
-        let mail = messages::security_change(
-            email,
-            &accounts.settings.public_base,
-            EventKind::NewDeviceSignIn,
-            origin,
-        )?;
-        accounts.outbox.enqueue(&mut tx, &mail).await?;
-    }
+    audit::record(
+        &mut *tx,
+        EventKind::NewDeviceSignIn,
+        Some(user_id),
+        Some(email),
+        origin,
+        None,
+    )
+    .await?;
+    accounts.outbox.enqueue(&mut tx, &mail).await?;
     tx.commit().await?;
-    if mailed {
-        accounts.outbox.notify();
-    }
-    Ok(device.cookie_value(&accounts.keys.device))
+    accounts.outbox.notify();
+    Ok(())
 }
 
 /// Remembers the browser for the account without a mail: it has just proven the
-/// account's mailbox (a completed reset, a confirmed sign-up). Returns the cookie's value.
+/// account's mailbox (a completed reset, a confirmed sign-up). Returns the cookie's
+/// value, or `None` when the notice is off.
 #[tracing::instrument(skip_all, fields(user_id = %user_id))]
 pub async fn remember(
     accounts: &Accounts,
     user_id: Uuid,
     presented: Option<&str>,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<Option<String>> {
+    if !accounts.settings.new_device_mail {
+        return Ok(None);
+    }
     let device = device_for(accounts, presented);
     devices::remember(&accounts.pool, user_id, &device.digest()).await?;
-    Ok(device.cookie_value(&accounts.keys.device))
+    Ok(Some(device.cookie_value(&accounts.keys.device)))
 }
 
 #[cfg(test)]

@@ -23,3 +23,21 @@ pub async fn remember<'e>(
     .await
     .context("remembering a device")
 }
+
+/// Forgets that the account used this browser (its notice could not be queued).
+#[tracing::instrument(skip(executor, device_hash))]
+pub async fn forget<'e>(
+    executor: impl PgExecutor<'e>,
+    user_id: Uuid,
+    device_hash: &[u8],
+) -> anyhow::Result<()> {
+    sqlx::query!(
+        "delete from known_devices where user_id = $1 and device_hash = $2",
+        user_id,
+        device_hash,
+    )
+    .execute(executor)
+    .await
+    .context("forgetting a device")?;
+    Ok(())
+}

@@ -78,7 +78,8 @@ pub async fn signed_in(
     )
     .await
     {
-        Ok(value) => set_cookie(state, response, &value),
+        Ok(Some(value)) => set_cookie(state, response, &value),
+        Ok(None) => response,
         Err(err) => {
             tracing::error!(
                 error = format!("{err:#}"),
@@ -98,7 +99,8 @@ pub async fn proved_mailbox(
     response: Response,
 ) -> Response {
     match devices::remember(&state.accounts, user_id, presented.0.as_deref()).await {
-        Ok(value) => set_cookie(state, response, &value),
+        Ok(Some(value)) => set_cookie(state, response, &value),
+        Ok(None) => response,
         Err(err) => {
             tracing::error!(error = format!("{err:#}"), "remembering a device failed");
             response
