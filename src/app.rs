@@ -113,7 +113,7 @@ pub fn router(state: AppState) -> Router {
         pages = pages.merge(web::sign_up::router());
     }
     if state.config.dev_mailbox_enabled() {
-        pages = pages.merge(web::dev_mailbox::router());
+        pages = pages.merge(web::dev_mailbox::router(state.clone()));
     }
     let pages = pages
         .merge(web::home::router())
@@ -132,15 +132,22 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             web::csrf::protect,
         ));
+    // Outermost, so the CSRF check and the session layer both see the request as it
+    // leaves: a shared session cookie counts on these pages only with its host-only
+    // companion (a sibling host can toss the one but not the other).
+    let pages = match state.cookie_domain {
+        Some(_) => pages.layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            web::session_binding::guard,
+        )),
+        None => pages,
+    };
 
+    // `/metrics` is never on this listener (see `metrics_router`).
     let mut app = Router::new()
         .merge(pages)
         .merge(web::forward_auth::router())
-        .merge(web::health::router());
-    if state.config.metrics_listen.is_none() {
-        app = app.merge(web::health::metrics_router());
-    }
-    let mut app = app
+        .merge(web::health::router())
         .merge(static_routes())
         .fallback(|| async { AppError::NotFound.into_response() })
         .layer(axum::middleware::from_fn(telemetry::record_http));
@@ -161,7 +168,8 @@ pub fn router(state: AppState) -> Router {
     .with_state(state)
 }
 
-/// `/metrics` alone, for its own listener: nothing else answers there.
+/// `/metrics` and the detailed `/readyz`, for their own listener: nothing else answers
+/// there. Unset `metrics_listen`: not served at all.
 pub fn metrics_router(state: AppState) -> Router {
     web::health::metrics_router()
         .fallback(|| async { AppError::NotFound.into_response() })

@@ -1,5 +1,5 @@
 //! The command line: `serve` (default), `migrate`, `user create|list|disable|enable|sign-out|
-//! reset-link`, `mail test --to A`. The `user` commands call `auth::operator` over an
+//! reset-link|two-factor-off`, `mail test --to A`. The `user` commands call `auth::operator` over an
 //! [`Accounts`] built as the server builds it.
 
 use std::io::BufRead;
@@ -55,6 +55,9 @@ enum MailCommand {
         #[arg(long)]
         to: String,
     },
+    /// Queue again the mail that failed because the relay refused our credentials (run
+    /// it once they are fixed); the running service sends it.
+    Retry,
 }
 
 #[derive(Debug, Subcommand)]
@@ -87,6 +90,12 @@ enum UserCommand {
     },
     /// Print a single-use password reset link for an account.
     ResetLink {
+        #[arg(long)]
+        email: String,
+    },
+    /// Remove an account's authenticator and recovery codes and end every session of it
+    /// (a lost phone); the owner is told by mail.
+    TwoFactorOff {
         #[arg(long)]
         email: String,
     },
@@ -131,6 +140,15 @@ async fn run_command(config: Config, command: Command) -> anyhow::Result<()> {
         Command::Mail {
             command: MailCommand::Test { to },
         } => mail_test(&config, &to).await,
+        Command::Mail {
+            command: MailCommand::Retry,
+        } => {
+            let pool = db::connect(&config).await?;
+            db::migrate(&pool).await?;
+            let queued = crate::store::outbox::requeue_auth_refused(&pool).await?;
+            println!("mail retry: {queued} message(s) the relay refused queued again");
+            Ok(())
+        }
     }
 }
 
@@ -232,6 +250,19 @@ async fn user_command(config: &Config, command: UserCommand) -> anyhow::Result<(
                 user.email, user.id
             );
             println!("{link}");
+        }
+        UserCommand::TwoFactorOff { email } => {
+            let accounts = accounts(config).await?;
+            let (user, ended) = operator::two_factor_off(&accounts, &email, &origin)
+                .await
+                .map_err(failed)?;
+            println!(
+                "two-factor turned off for {} ({}): authenticator and recovery codes removed; \
+                 {ended} {} ended; the owner is told by mail",
+                user.email,
+                user.id,
+                sessions_word(ended)
+            );
         }
     }
     Ok(())

@@ -60,12 +60,15 @@ pub struct Config {
     pub header_read_timeout_secs: u64,
     /// Connections served at once per listener; further ones wait in the accept backlog.
     pub max_connections: usize,
-    /// Serve `/metrics` here instead of on `listen` (where it then answers 404).
+    /// The listener of `/metrics` and the detailed `/readyz`; unset: no metrics are served
+    /// (`/metrics` answers 404 on `listen` either way).
     pub metrics_listen: Option<SocketAddr>,
     /// `open` lets people create their own account (`/sign-up`); `closed` shows none.
     pub sign_up: SignUp,
     /// Domains that may sign up (exact, case-insensitive); empty: any.
     pub sign_up_domains: DomainList,
+    /// `on`: a sign-in from a browser the account has not used before mails its owner.
+    pub new_device_mail: OnOff,
     pub argon2: Argon2Config,
     pub policy: PolicyConfig,
     pub throttle: ThrottleConfig,
@@ -86,6 +89,14 @@ pub enum LogFormat {
 pub enum SignUp {
     Open,
     Closed,
+}
+
+/// A switch: `on` or `off` (anything else is refused when the configuration is read).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OnOff {
+    On,
+    Off,
 }
 
 /// Email domains, lowercased, from a comma-separated list (`example.com, example.org`);

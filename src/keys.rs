@@ -24,6 +24,10 @@ pub struct Keys {
     pub recovery: [u8; 32],
     /// Seals queued mail bodies in the outbox until they are delivered.
     pub outbox: [u8; 32],
+    /// Signs the device cookie that tells a browser an account has used before.
+    pub device: [u8; 32],
+    /// Binds a shared-domain session cookie to its host-only companion.
+    pub session_bind: [u8; 32],
 }
 
 impl std::fmt::Debug for Keys {
@@ -53,6 +57,8 @@ impl Keys {
             totp: subkey(master, b"latchkey totp v1"),
             recovery: subkey(master, b"latchkey recovery codes v1"),
             outbox: subkey(master, b"latchkey outbox v1"),
+            device: subkey(master, b"latchkey device cookie v1"),
+            session_bind: subkey(master, b"latchkey session binding v1"),
         }
     }
 }

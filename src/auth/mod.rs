@@ -3,6 +3,7 @@
 //! command of the CLI or a forward-auth check calls them the same way.
 
 pub mod change;
+pub mod devices;
 pub mod operator;
 pub mod passwords;
 pub mod reset;
@@ -60,6 +61,8 @@ pub struct AccountSettings {
     pub db_acquire_timeout: Duration,
     /// The domains that may sign up (empty: any).
     pub sign_up_domains: crate::config::DomainList,
+    /// Mail "New sign-in to your account" for a sign-in from a browser not used before.
+    pub new_device_mail: bool,
 }
 
 impl AccountSettings {
@@ -73,6 +76,7 @@ impl AccountSettings {
             session_absolute: Duration::from_secs(config.session.absolute_timeout_secs),
             db_acquire_timeout: Duration::from_millis(config.db_acquire_timeout_ms),
             sign_up_domains: config.sign_up_domains.clone(),
+            new_device_mail: config.new_device_mail == crate::config::OnOff::On,
         }
     }
 }

@@ -173,7 +173,7 @@ const CODE_ATTEMPTS_PER_TOKEN: i32 = 5;
 
 /// Sets a new password through a link: token consumed, password stored, every session of
 /// the account deleted, audit event and notification queued — all in one transaction.
-/// Never signs anyone in.
+/// Never signs anyone in. Returns the account's id.
 #[tracing::instrument(skip_all, fields(user_id = tracing::field::Empty))]
 pub async fn complete_reset(
     accounts: &Accounts,
@@ -182,7 +182,7 @@ pub async fn complete_reset(
     confirm: &str,
     totp_code: &str,
     origin: &Origin,
-) -> Result<(), ResetError> {
+) -> Result<uuid::Uuid, ResetError> {
     let user = check_link(accounts, token).await?;
     tracing::Span::current().record("user_id", tracing::field::display(user.id));
     let ctx = PolicyContext {
@@ -243,5 +243,5 @@ pub async fn complete_reset(
     throttle::clear(&mut tx, &user.email_key, false).await?;
     tx.commit().await?;
     accounts.outbox.notify();
-    Ok(())
+    Ok(user.id)
 }

@@ -3,6 +3,7 @@
 //! of a sign-in needs across tables.
 
 pub mod audit;
+pub mod devices;
 pub mod housekeeping;
 pub mod outbox;
 pub mod reachability;

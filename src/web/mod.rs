@@ -3,6 +3,7 @@
 
 pub mod csrf;
 pub mod dev_mailbox;
+pub mod device;
 pub mod error;
 pub mod forgot_password;
 pub mod forward_auth;
@@ -13,6 +14,7 @@ pub mod pages;
 pub mod password_strength;
 pub mod reset_password;
 pub mod session;
+pub mod session_binding;
 pub mod session_store;
 pub mod settings_security;
 pub mod sign_in;

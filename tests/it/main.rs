@@ -9,6 +9,7 @@ mod cli;
 mod crash;
 mod db_faults;
 mod email_key;
+mod findings;
 mod forward_auth;
 mod ha;
 mod harness;
