@@ -180,6 +180,11 @@ pub fn router(state: AppState) -> Router {
         .merge(web::two_factor::router())
         .merge(web::password_strength::router())
         .layer(session_layer)
+        // The cookie's MAC is checked (and set) here, in front of the session layer.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            web::session_cookie::translate,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             web::session_save_failed,

@@ -24,6 +24,8 @@ pub struct Keys {
     pub recovery: [u8; 32],
     /// Seals queued mail bodies in the outbox until they are delivered.
     pub outbox: [u8; 32],
+    /// Signs the session id in the session cookie (`web::session_cookie`).
+    pub session: [u8; 32],
 }
 
 impl std::fmt::Debug for Keys {
@@ -53,6 +55,7 @@ impl Keys {
             totp: subkey(master, b"latchkey totp v1"),
             recovery: subkey(master, b"latchkey recovery codes v1"),
             outbox: subkey(master, b"latchkey outbox v1"),
+            session: subkey(master, b"latchkey session cookie v1"),
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod pages;
 pub mod password_strength;
 pub mod reset_password;
 pub mod session;
+pub mod session_cookie;
 pub mod session_store;
 pub mod settings_security;
 pub mod sign_in;
