@@ -101,7 +101,7 @@ impl AppState {
         let trusted_proxies = Arc::new(config.trusted_proxies()?);
         let keys = Arc::new(Keys::load(config.secret_key.as_ref(), config.is_https())?);
         let pool = db::connect(&config).await?;
-        db::migrate(&pool).await?;
+        db::prepare_schema(&config, &pool).await?;
         let accounts = Accounts::start(&config, pool.clone(), keys.clone())?;
         Ok(AppState {
             cookie_names: CookieNames::for_config(&config, cookie_domain.is_some()),
