@@ -30,16 +30,19 @@ pub async fn two_instances_share_everything(
     extra: &[(&str, &str)],
 ) -> [String; 2] {
     let smtp = SmtpSink::start().await;
-    let db = process::connect(direct_url).await;
     if service_url != direct_url {
-        // Through a pooler, migrations go straight to Postgres (docs/scale.md).
+        // Through a pooler, migrations go straight to Postgres (docs/scale.md); the
+        // caller made the database.
+        let db = process::connect(direct_url).await;
         latchkey::db::migrate(&db).await.expect("migrate directly");
+        db.close().await;
     }
     // At info level each instance logs "mail sent" per message it delivered.
     let mut env = vec![("LATCHKEY_LOG", "info")];
     env.extend_from_slice(extra);
     let a = ServiceProcess::start(service_url, &smtp.url(), &env).await;
     let b = ServiceProcess::start(service_url, &smtp.url(), &env).await;
+    let db = process::connect(direct_url).await;
     let emails: Vec<String> = (0..20).map(|i| format!("user{i}@example.com")).collect();
     process::create_users(&db, &emails, PASSWORD).await;
     process::create_users(
