@@ -117,21 +117,38 @@ const LOSES_STATEMENTS: &str = "the database connection goes through a pooler in
 /// or another answer means the pooler lost it.
 pub async fn probe_pooling(config: &Config) -> anyhow::Result<Pooling> {
     use rand::RngCore;
-    use sqlx::{PgConnection, Row};
+    use sqlx::PgConnection;
+
+    /// The probe's one named statement: its server's process id and `token`.
+    async fn ask(conn: &mut PgConnection, token: i64) -> Result<(i64, i64), sqlx::Error> {
+        sqlx::query_as("select pg_backend_pid()::int8, $1::int8")
+            .bind(token)
+            .fetch_one(&mut *conn)
+            .await
+    }
+    /// A statement in the simple protocol (no named statement). Not `raw_sql`: its
+    /// executor bound makes every caller's future fail the higher-ranked `Send` check
+    /// when it is spawned.
+    async fn simple(conn: &mut PgConnection, sql: &'static str) -> Result<(), sqlx::Error> {
+        // A bare string has no arguments, so sqlx sends it as a simple query.
+        sqlx::Executor::execute(&mut *conn, sql).await.map(|_| ())
+    }
 
     let options = connect_options(config)?;
     let mut prober = PgConnection::connect_with(&options)
         .await
         .context("probing the pooler: connecting")?;
     let token = i64::from(rand::rngs::OsRng.next_u32());
-    let statement = "select pg_backend_pid()::int8, $1::int8";
-    let mut tx = prober.begin().await.context("probing the pooler")?;
-    let (server, echoed): (i64, i64) = sqlx::query_as(statement)
-        .bind(token)
-        .fetch_one(&mut *tx)
+    // Prepared and run inside a transaction, so on one server connection.
+    simple(&mut prober, "begin")
         .await
         .context("probing the pooler")?;
-    tx.commit().await.context("probing the pooler")?;
+    let (server, echoed) = ask(&mut prober, token)
+        .await
+        .context("probing the pooler")?;
+    simple(&mut prober, "commit")
+        .await
+        .context("probing the pooler")?;
     anyhow::ensure!(echoed == token, "probing the pooler: a wrong answer");
 
     let mut holders = Vec::new();
@@ -140,27 +157,15 @@ pub async fn probe_pooling(config: &Config) -> anyhow::Result<Pooling> {
         let mut holder = PgConnection::connect_with(&options)
             .await
             .context("probing the pooler: connecting")?;
-        // The simple protocol: no named statement on the holders.
-        let held = tokio::time::timeout(
-            PROBE_WAIT,
-            sqlx::raw_sql("begin; select 1").execute(&mut holder),
-        )
-        .await;
-        match held {
-            Ok(result) => {
-                result.context("probing the pooler")?;
-            }
+        match tokio::time::timeout(PROBE_WAIT, simple(&mut holder, "begin; select 1")).await {
+            Ok(result) => result.context("probing the pooler")?,
             // No server connection free for another client: nothing more to learn.
             Err(_) => break,
         }
         holders.push(holder);
-        let again = tokio::time::timeout(
-            PROBE_WAIT,
-            sqlx::query(statement).bind(token).fetch_one(&mut prober),
-        )
-        .await;
-        let row = match again {
-            Ok(Ok(row)) => row,
+        let (now_on, echoed) = match tokio::time::timeout(PROBE_WAIT, ask(&mut prober, token)).await
+        {
+            Ok(Ok(answer)) => answer,
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "the pooler lost a prepared statement");
                 anyhow::bail!(LOSES_STATEMENTS);
@@ -173,7 +178,6 @@ pub async fn probe_pooling(config: &Config) -> anyhow::Result<Pooling> {
                 break;
             }
         };
-        let (now_on, echoed): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
         if echoed != token {
             anyhow::bail!(LOSES_STATEMENTS);
         }
@@ -183,8 +187,7 @@ pub async fn probe_pooling(config: &Config) -> anyhow::Result<Pooling> {
         }
     }
     for mut holder in holders {
-        let _ =
-            tokio::time::timeout(PROBE_WAIT, sqlx::raw_sql("rollback").execute(&mut holder)).await;
+        let _ = tokio::time::timeout(PROBE_WAIT, simple(&mut holder, "rollback")).await;
         let _ = holder.close().await;
     }
     let _ = prober.close().await;
