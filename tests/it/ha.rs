@@ -427,6 +427,33 @@ async fn start_up_refuses_a_transaction_pooler_that_loses_prepared_statements() 
         "{}",
         instance.log()
     );
+
+    // And Debian's PgBouncer in session mode, where each client keeps its server
+    // connection: nothing to refuse, nothing seen as transaction pooling.
+    let session_mode = Pgbouncer::start(
+        DEBIAN_PGBOUNCER,
+        PGBOUNCER_PORT + 6,
+        test_postgres_port(),
+        |ini| {
+            ini.lines()
+                .filter(|line| !line.starts_with("max_prepared_statements"))
+                .map(|line| line.replace("pool_mode = transaction", "pool_mode = session"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        },
+    )
+    .await;
+    let instance = ServiceProcess::start(
+        &session_mode.url(&name),
+        &smtp.url(),
+        &[("LATCHKEY_LOG", "info")],
+    )
+    .await;
+    assert!(
+        !instance.log().contains("behind a transaction pooler"),
+        "{}",
+        instance.log()
+    );
 }
 
 /// Why the check exists, shown with sqlx alone: two clients in turn through a pooler in
