@@ -16,6 +16,8 @@ pub mod domain;
 pub mod keys;
 /// Mail messages, outbox and delivery.
 pub mod mail;
+/// A private Postgres cluster under `var/postgres` for a first run with no database set up.
+pub mod private_postgres;
 /// SQL, one module per table.
 pub mod store;
 /// Logging, request spans and metrics.

@@ -15,8 +15,8 @@ use axum::routing::get;
 use serde::Serialize;
 
 use super::AppError;
+use super::AppState;
 use super::{session_cookie, session_store};
-use crate::app::AppState;
 use crate::auth::session::{Identity, authenticate};
 use crate::domain::next::UrlRefused;
 

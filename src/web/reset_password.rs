@@ -10,13 +10,13 @@ use axum::routing::get;
 use serde::Deserialize;
 
 use super::AppError;
+use super::AppState;
 use super::csrf::CsrfToken;
 use super::pages::{self, Errors, Layout};
 use super::{ClientOrigin, WebForm};
-use crate::app::AppState;
+use crate::auth::User;
 use crate::auth::reset::{ResetError, TokenProblem, check_link, complete_reset};
 use crate::domain::password::PolicyViolation;
-use crate::store::users::User;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/reset-password", get(show).post(submit))

@@ -19,7 +19,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use tower_sessions::session::Id;
 
-use crate::app::AppState;
+use super::AppState;
 
 /// Characters of an id as tower-sessions writes it: 16 bytes, base64url without padding.
 const ID_CHARS: usize = 22;
