@@ -46,7 +46,7 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
     let trusted_proxies = Arc::new(config.trusted_proxies()?);
     let keys = Arc::new(Keys::load(config.secret_key.as_ref(), config.is_https())?);
     let pool = db::connect(&config).await?;
-    db::migrate(&pool).await?;
+    db::prepare_schema(&config, &pool).await?;
     let accounts = Accounts::start(&config, pool.clone(), keys.clone())?;
     Ok(AppState {
         cookie_names: CookieNames::for_config(&config, cookie_domain.is_some()),
@@ -124,6 +124,11 @@ pub fn router(state: AppState) -> Router {
         .merge(web::two_factor::router())
         .merge(web::password_strength::router())
         .layer(session_layer)
+        // The cookie's MAC is checked (and set) here, in front of the session layer.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            web::session_cookie::translate,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             web::session_save_failed,

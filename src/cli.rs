@@ -132,6 +132,11 @@ async fn run_command(config: Config, command: Command) -> anyhow::Result<()> {
         }
         Command::Migrate => {
             let pool = db::connect(&config).await?;
+            anyhow::ensure!(
+                db::probe_pooling(&config).await? == db::Pooling::None,
+                "DATABASE_URL leads to a transaction pooler, where the migrator's \
+                 session-level lock does not hold: point it at Postgres itself to migrate"
+            );
             db::migrate(&pool).await?;
             println!("migrations applied");
             Ok(())
@@ -183,7 +188,7 @@ async fn mail_test(config: &Config, to: &str) -> anyhow::Result<()> {
 async fn accounts(config: &Config) -> anyhow::Result<Accounts> {
     let keys = Arc::new(Keys::load(config.secret_key.as_ref(), config.is_https())?);
     let pool = db::connect(config).await?;
-    db::migrate(&pool).await?;
+    db::prepare_schema(config, &pool).await?;
     Accounts::start(config, pool, keys)
 }
 

@@ -28,6 +28,8 @@ pub struct Keys {
     pub device: [u8; 32],
     /// Binds a shared-domain session cookie to its host-only companion.
     pub session_bind: [u8; 32],
+    /// Signs the session id in the session cookie (`web::session_cookie`).
+    pub session: [u8; 32],
 }
 
 impl std::fmt::Debug for Keys {
@@ -59,6 +61,7 @@ impl Keys {
             outbox: subkey(master, b"latchkey outbox v1"),
             device: subkey(master, b"latchkey device cookie v1"),
             session_bind: subkey(master, b"latchkey session binding v1"),
+            session: subkey(master, b"latchkey session cookie v1"),
         }
     }
 }

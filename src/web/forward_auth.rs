@@ -12,13 +12,11 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum_extra::extract::cookie::CookieJar;
 use serde::Serialize;
-use tower_sessions::session::Id;
 
 use super::AppError;
 use super::AppState;
-use super::session_store;
+use super::{session_cookie, session_store};
 use crate::auth::session::{Identity, authenticate};
 use crate::domain::next::UrlRefused;
 
@@ -115,10 +113,8 @@ async fn identity(
     state: &AppState,
     headers: &HeaderMap,
 ) -> Result<Option<Arc<Identity>>, AppError> {
-    let Some(id) = CookieJar::from_headers(headers)
-        .get(state.cookie_names.session)
-        .and_then(|c| c.value().parse::<Id>().ok())
-    else {
+    // A cookie that is not one of ours is refused here, before any read.
+    let Some(id) = session_cookie::id_in(state, headers) else {
         return Ok(None);
     };
     let digest = session_store::digest(&id);

@@ -15,6 +15,7 @@ pub mod password_strength;
 pub mod reset_password;
 pub mod session;
 pub mod session_binding;
+pub mod session_cookie;
 pub mod session_store;
 pub mod settings_security;
 pub mod sign_in;

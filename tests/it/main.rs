@@ -25,6 +25,7 @@ mod reset;
 mod round_trips;
 mod server_limits;
 mod session_binding;
+mod session_cookie;
 mod settings;
 mod sign_in;
 mod sign_up;

@@ -418,6 +418,13 @@ impl Browser {
             .map(str::to_owned)
     }
 
+    /// The session id the session cookie carries: the part before its MAC
+    /// (`<id>.<mac>`), as the database knows the session (by its digest).
+    pub fn session_id(&self) -> Option<String> {
+        let cookie = self.session_cookie()?;
+        cookie.split_once('.').map(|(id, _)| id.to_owned())
+    }
+
     /// A second browser that holds only `session` as its session cookie.
     pub fn with_session_cookie(app: &TestApp, session: &str) -> Browser {
         let browser = app.browser();
