@@ -85,6 +85,8 @@ pub struct AppState {
     pub destinations: Arc<Destinations>,
     /// Peers whose forwarding headers are believed.
     pub trusted_proxies: Arc<TrustedProxies>,
+    /// The passkeys' relying party; `None` when passkeys are off (an IP-address host).
+    pub passkeys: Option<Arc<crate::passkeys::Passkeys>>,
 }
 
 impl FromRef<AppState> for Accounts {
@@ -99,6 +101,7 @@ impl AppState {
         let cookie_domain = config.cookie_domain()?;
         let destinations = Arc::new(config.destinations()?);
         let trusted_proxies = Arc::new(config.trusted_proxies()?);
+        let passkeys = crate::passkeys::Passkeys::from_config(&config)?.map(Arc::new);
         let keys = Arc::new(Keys::load(config.secret_key.as_ref(), config.is_https())?);
         let pool = db::connect(&config).await?;
         db::migrate(&pool).await?;
@@ -108,6 +111,7 @@ impl AppState {
             cookie_domain,
             destinations,
             trusted_proxies,
+            passkeys,
             config: Arc::new(config),
             pool,
             keys,
@@ -178,6 +182,7 @@ pub fn router(state: AppState) -> Router {
         .merge(web::reset_password::router())
         .merge(web::settings_security::router())
         .merge(web::two_factor::router())
+        .merge(web::passkeys::router())
         .merge(web::password_strength::router())
         .layer(session_layer)
         .layer(axum::middleware::from_fn_with_state(

@@ -16,6 +16,8 @@ pub mod domain;
 pub mod keys;
 /// Mail messages, outbox and delivery.
 pub mod mail;
+/// Passkeys (WebAuthn): registration, sign-in and reset checks, beside `auth`.
+pub mod passkeys;
 /// SQL, one module per table.
 pub mod store;
 /// Logging, request spans and metrics.

@@ -33,6 +33,11 @@ const RULES: &[Rule] = &[
         forbidden_crates: HTTP_CRATES,
     },
     Rule {
+        layer: "passkeys",
+        forbidden_modules: Some(&["app", "web", "cli"]),
+        forbidden_crates: HTTP_CRATES,
+    },
+    Rule {
         layer: "mail",
         forbidden_modules: Some(&["app", "web", "cli", "auth"]),
         forbidden_crates: HTTP_CRATES,

@@ -163,6 +163,14 @@ pub fn security_change(
             "Two-factor authentication is off for your latchkey account",
             "Two-factor authentication was turned off",
         ),
+        EventKind::PasskeyAdded => (
+            "A passkey was added to your latchkey account",
+            "A passkey was added",
+        ),
+        EventKind::PasskeyRemoved => (
+            "A passkey was removed from your latchkey account",
+            "A passkey was removed",
+        ),
         _ => (
             "New recovery codes for your latchkey account",
             "New two-factor recovery codes were made, and the old ones stopped working",

@@ -27,6 +27,8 @@ pub enum EventKind {
     /// An operator's `latchkey user reset-link`.
     ResetLinkByOperator,
     AccountCreated,
+    PasskeyAdded,
+    PasskeyRemoved,
 }
 
 impl EventKind {
@@ -47,6 +49,8 @@ impl EventKind {
             EventKind::SignedOutByOperator => "signed_out_by_operator",
             EventKind::ResetLinkByOperator => "reset_link_by_operator",
             EventKind::AccountCreated => "account_created",
+            EventKind::PasskeyAdded => "passkey_added",
+            EventKind::PasskeyRemoved => "passkey_removed",
         }
     }
 
@@ -68,6 +72,8 @@ impl EventKind {
             "signed_out_by_operator" => "An administrator signed out every session",
             "reset_link_by_operator" => "An administrator created a reset link",
             "account_created" => "Account created",
+            "passkey_added" => "Passkey added",
+            "passkey_removed" => "Passkey removed",
             _ => "Security event",
         }
     }

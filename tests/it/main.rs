@@ -17,6 +17,7 @@ mod housekeeping;
 mod instances;
 mod migrations;
 mod operator;
+mod passkeys;
 mod proxies;
 mod races;
 mod reset;
