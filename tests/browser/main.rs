@@ -137,7 +137,12 @@ async fn run(selected: Vec<(&'static str, bool)>) -> ExitCode {
                 TestApp::spawn().await
             };
             let base = if flow == "passkeys" {
-                app.state().config.public_url.as_str().trim_end_matches('/').to_owned()
+                app.state()
+                    .config
+                    .public_url
+                    .as_str()
+                    .trim_end_matches('/')
+                    .to_owned()
             } else {
                 app.base.clone()
             };

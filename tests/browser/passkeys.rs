@@ -171,7 +171,11 @@ async fn wait_for_refusal(page: &Page) {
         {
             break;
         }
-        assert!(Instant::now() < deadline, "no refusal shown on {}", page.path().await);
+        assert!(
+            Instant::now() < deadline,
+            "no refusal shown on {}",
+            page.path().await
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(page.path().await.starts_with("/sign-in"));
@@ -210,7 +214,10 @@ pub async fn passkeys(app: &TestApp, page: &Page) {
     page.tab_to("#add-passkey").await;
     page.enter_and_wait().await;
     assert_eq!(page.text("h1").await, "Add a passkey");
-    assert!(page.prop("#name", "value").await.contains(" on "), "default name");
+    assert!(
+        page.prop("#name", "value").await.contains(" on "),
+        "default name"
+    );
     page.checkpoint("passkey-add").await;
     page.tab_to("[data-passkey-submit]").await;
     page.enter().await;
@@ -294,7 +301,8 @@ pub async fn passkeys(app: &TestApp, page: &Page) {
     passkey_button(page).await;
     wait_for_path(page, "/").await;
     page.goto("/settings/security").await;
-    page.tab_to("#passkeys form[action$='/remove'] button").await;
+    page.tab_to("#passkeys form[action$='/remove'] button")
+        .await;
     page.enter_and_wait().await;
     wait_for_path(page, "/settings/security?notice=passkey-removed").await;
     assert_eq!(page.count("#passkeys > li").await, 0);

@@ -1003,3 +1003,87 @@ async fn twenty_concurrent_finishes_of_one_ceremony_make_exactly_one_session() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_registration_without_user_verification_or_with_a_taken_credential_is_refused() {
+    let app = spawn().await;
+    let mut first = SoftPasskey::new(false);
+    account_with_passkey(&app, "ru@example.com", &mut first).await;
+
+    app.create_user("sa@example.com", PASSWORD).await;
+    let browser = app.browser();
+    browser.sign_in("sa@example.com", PASSWORD).await;
+    let mut unverified = SoftPasskey::new(false);
+    unverified.verifies_user = false;
+    let response = add_passkey(&app, &browser, &mut unverified, "No UV").await;
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        response
+            .text()
+            .await
+            .unwrap()
+            .contains("could not be verified")
+    );
+
+    // The same credential id as another account's passkey.
+    let mut copy = SoftPasskey::new(false);
+    copy.credential_id = first.credential_id.clone();
+    let response = add_passkey(&app, &browser, &mut copy, "Copy").await;
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        response
+            .text()
+            .await
+            .unwrap()
+            .contains("already registered")
+    );
+    assert_eq!(app.count("select count(*) from passkeys").await, 1);
+    assert_eq!(
+        app.count(
+            "select count(*) from recovery_codes r join users u on u.id = r.user_id \
+                   where u.email = 'sa@example.com'"
+        )
+        .await,
+        0,
+        "no codes for a passkey that was not added"
+    );
+}
+
+#[tokio::test]
+async fn a_passkey_is_renamed_within_the_length_limit() {
+    let app = spawn().await;
+    let mut passkey = SoftPasskey::new(false);
+    let browser = account_with_passkey(&app, "ti@example.com", &mut passkey).await;
+    let (id,): (uuid::Uuid,) = sqlx::query_as("select id from passkeys")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let path = format!("/settings/security/passkeys/{id}/rename");
+    let longest = "é".repeat(64);
+    let ok = browser
+        .submit("/settings/security", &path, &[("name", &longest)])
+        .await;
+    assert_eq!(ok.status(), StatusCode::SEE_OTHER);
+    for bad in ["é".repeat(65), "   ".to_owned()] {
+        let refused = browser
+            .submit("/settings/security", &path, &[("name", &bad)])
+            .await;
+        assert_eq!(refused.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    }
+    let (name,): (String,) = sqlx::query_as("select name from passkeys")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(name, longest);
+    let unknown = browser
+        .submit(
+            "/settings/security",
+            &format!(
+                "/settings/security/passkeys/{}/rename",
+                uuid::Uuid::new_v4()
+            ),
+            &[("name", "x")],
+        )
+        .await;
+    assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+}
