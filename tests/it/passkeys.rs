@@ -1087,3 +1087,49 @@ async fn a_passkey_is_renamed_within_the_length_limit() {
         .await;
     assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
 }
+
+/// Moves the passkey sign-in of every session of the account `secs` into the past.
+async fn signed_in_ago(app: &TestApp, email: &str, secs: i64) {
+    sqlx::query(
+        "update sessions s set data = jsonb_set(s.data, '{signed_in_at}',
+             to_jsonb(extract(epoch from now())::bigint - $2))
+         from users u where u.id = s.user_id and u.email = $1",
+    )
+    .bind(email)
+    .bind(secs)
+    .execute(&app.pool)
+    .await
+    .expect("backdate the sign-in");
+}
+
+#[tokio::test]
+async fn a_passkey_sign_in_stands_in_for_the_password_for_five_minutes() {
+    let app = spawn().await;
+    let email = "uma@example.com";
+    let mut passkey = SoftPasskey::new(false);
+    let first = account_with_passkey(&app, email, &mut passkey).await;
+    first.sign_out().await;
+    let browser = app.browser();
+    assert_eq!(
+        passkey_sign_in(&app, &browser, &mut passkey).await.status(),
+        StatusCode::SEE_OTHER
+    );
+
+    signed_in_ago(&app, email, 290).await;
+    let (_, _, status) = begin_adding(&browser, "").await;
+    assert_eq!(status, StatusCode::OK, "within five minutes");
+
+    // A few seconds past (the clock of the database and the server's may round apart).
+    signed_in_ago(&app, email, 305).await;
+    let settings = browser
+        .get("/settings/security")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(settings.contains("id=\"passkey_current_password\""));
+    let (_, _, status) = begin_adding(&browser, "").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "five minutes on");
+    let (_, _, status) = begin_adding(&browser, PASSWORD).await;
+    assert_eq!(status, StatusCode::OK);
+}
