@@ -76,10 +76,15 @@ pub async fn disable(conn: &mut PgConnection, user_id: Uuid) -> anyhow::Result<(
     .execute(&mut *conn)
     .await
     .context("turning two-factor off")?;
-    sqlx::query!("delete from recovery_codes where user_id = $1", user_id)
-        .execute(conn)
-        .await
-        .context("deleting recovery codes")?;
+    // An account with passkeys keeps its codes: they are how it resets without one.
+    sqlx::query!(
+        "delete from recovery_codes where user_id = $1
+         and not exists (select 1 from passkeys where passkeys.user_id = $1)",
+        user_id
+    )
+    .execute(conn)
+    .await
+    .context("deleting recovery codes")?;
     Ok(())
 }
 

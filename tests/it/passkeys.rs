@@ -1133,3 +1133,27 @@ async fn a_passkey_sign_in_stands_in_for_the_password_for_five_minutes() {
     let (_, _, status) = begin_adding(&browser, PASSWORD).await;
     assert_eq!(status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn turning_two_factor_off_keeps_the_recovery_codes_of_an_account_with_passkeys() {
+    let app = spawn().await;
+    let email = "vi@example.com";
+    let (browser, secret, codes) = enabled(&app, email).await;
+    add_passkey(&app, &browser, &mut SoftPasskey::new(false), "Key").await;
+    let off = browser
+        .disable_two_factor(PASSWORD, &code_at(&secret, 1))
+        .await;
+    assert_eq!(off.status(), StatusCode::SEE_OTHER);
+
+    // The reset still asks for a proof, and a saved recovery code is one.
+    let anyone = app.browser();
+    let token = reset_token(&app, &anyone, email).await;
+    let bare = anyone
+        .reset_password(&token, NEW_PASSWORD, NEW_PASSWORD)
+        .await;
+    assert_eq!(bare.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let response = anyone
+        .reset_password_with_code(&token, NEW_PASSWORD, NEW_PASSWORD, &codes[0])
+        .await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+}
