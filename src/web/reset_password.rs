@@ -140,6 +140,8 @@ struct ResetForm {
 
 const WRONG_CODE: &str = "Enter the 6-digit code from your authenticator app, or a recovery code";
 const WRONG_PASSKEY_OR_CODE: &str = "Confirm with one of your passkeys, or enter a code from your authenticator app or a recovery code";
+const WRONG_PASSKEY_OR_RECOVERY_CODE: &str =
+    "Confirm with one of your passkeys, or enter one of your recovery codes";
 const PASSKEY_FAILED: &str =
     "That passkey could not be checked. Try again with Confirm with a passkey, or enter a code";
 
@@ -211,14 +213,17 @@ async fn submit(
             form_with_errors(&state, &csrf.0, form.token, policy_errors(&violation)).await
         }
         Err(ResetError::WrongCode) => {
-            let has_passkeys = match check_link(&state.accounts, &form.token).await {
-                Ok(user) => crate::passkeys::has_passkeys(&state.accounts, user.id).await?,
-                Err(_) => false,
+            let (has_passkeys, two_factor) = match check_link(&state.accounts, &form.token).await {
+                Ok(user) => (
+                    crate::passkeys::has_passkeys(&state.accounts, user.id).await?,
+                    user.has_two_factor(),
+                ),
+                Err(_) => (false, true),
             };
-            let message = if has_passkeys {
-                WRONG_PASSKEY_OR_CODE
-            } else {
-                WRONG_CODE
+            let message = match (has_passkeys, two_factor) {
+                (true, true) => WRONG_PASSKEY_OR_CODE,
+                (true, false) => WRONG_PASSKEY_OR_RECOVERY_CODE,
+                (false, _) => WRONG_CODE,
             };
             let errors = Errors::one("totp_code", message);
             form_with_errors(&state, &csrf.0, form.token, errors).await

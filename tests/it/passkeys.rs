@@ -852,6 +852,12 @@ async fn a_reset_asks_for_the_passkey_or_a_recovery_code_and_keeps_the_passkeys(
         .reset_password(&token, NEW_PASSWORD, NEW_PASSWORD)
         .await;
     assert_eq!(bare.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        bare.text()
+            .await
+            .unwrap()
+            .contains("Confirm with one of your passkeys, or enter one of your recovery codes")
+    );
     let wrong = anyone
         .reset_password_with_code(&token, NEW_PASSWORD, NEW_PASSWORD, "aaaa-bbbb-cccc")
         .await;
