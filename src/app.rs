@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use axum::extract::{ConnectInfo, FromRef};
+use axum::extract::ConnectInfo;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
@@ -15,7 +15,6 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
@@ -30,95 +29,38 @@ use tower_sessions::{Expiry, SessionManagerLayer};
 
 use crate::auth::Accounts;
 use crate::config::Config;
-use crate::domain::{Destinations, TrustedProxies};
+
 use crate::keys::Keys;
 use crate::mail::transport::{Transport, mail_from};
 use crate::web::AppError;
 use crate::web::session_store::PgSessionStore;
+pub use crate::web::state::{AppState, CookieNames};
 use crate::{db, store, telemetry, web};
 
-/// Cookie names: `__Host-` prefixed (Secure, whole host, path /) when served over https;
-/// a session cookie on `cookie_domain` is `__Secure-` prefixed instead (`__Host-` forbids
-/// a domain). The CSRF cookie is always host-only.
-#[derive(Debug, Clone, Copy)]
-pub struct CookieNames {
-    pub session: &'static str,
-    pub csrf: &'static str,
-}
-
-impl CookieNames {
-    fn for_config(config: &Config, on_domain: bool) -> CookieNames {
-        if config.is_https() {
-            CookieNames {
-                session: if on_domain {
-                    "__Secure-latchkey_session"
-                } else {
-                    "__Host-latchkey_session"
-                },
-                csrf: "__Host-latchkey_csrf",
-            }
-        } else {
-            CookieNames {
-                session: "latchkey_session",
-                csrf: "latchkey_csrf",
-            }
-        }
-    }
-}
-
-/// What every handler can reach. Cheap to clone. Handlers that need only the account
-/// rules take `State<Accounts>` (through [`FromRef`]).
-#[derive(Clone)]
-pub struct AppState {
-    pub config: Arc<Config>,
-    /// The same pool as `accounts.pool`, for what the web layer asks itself (readiness).
-    pub pool: PgPool,
-    /// The same keys as `accounts.keys` (the web layer signs CSRF tokens with one).
-    pub keys: Arc<Keys>,
-    /// The account rules and what they work with.
-    pub accounts: Accounts,
-    pub metrics: PrometheusHandle,
-    pub cookie_names: CookieNames,
-    /// The session cookie's `Domain` (checked against `public_url` at start-up).
-    pub cookie_domain: Option<String>,
-    /// Where `next` may lead, and the hosts forward auth answers for.
-    pub destinations: Arc<Destinations>,
-    /// Peers whose forwarding headers are believed.
-    pub trusted_proxies: Arc<TrustedProxies>,
-    /// The passkeys' relying party; `None` when passkeys are off (an IP-address host).
-    pub passkeys: Option<Arc<crate::passkeys::Passkeys>>,
-}
-
-impl FromRef<AppState> for Accounts {
-    fn from_ref(state: &AppState) -> Accounts {
-        state.accounts.clone()
-    }
-}
-
-impl AppState {
-    pub async fn new(config: Config) -> anyhow::Result<AppState> {
-        // Settings first: a wrong one refuses to start before anything is touched.
-        let cookie_domain = config.cookie_domain()?;
-        let destinations = Arc::new(config.destinations()?);
-        let trusted_proxies = Arc::new(config.trusted_proxies()?);
-        let passkeys = crate::passkeys::Passkeys::from_config(&config)?.map(Arc::new);
-        let keys = Arc::new(Keys::load(config.secret_key.as_ref(), config.is_https())?);
-        let pool = db::connect(&config).await?;
-        db::migrate(&pool).await?;
-        let accounts = Accounts::start(&config, pool.clone(), keys.clone())?;
-        Ok(AppState {
-            cookie_names: CookieNames::for_config(&config, cookie_domain.is_some()),
-            cookie_domain,
-            destinations,
-            trusted_proxies,
-            passkeys,
-            config: Arc::new(config),
-            pool,
-            keys,
-            accounts,
-            metrics: telemetry::metrics_handle(),
-        })
-    }
+/// Builds the shared state: settings checked first, then the database (created and
+/// migrated), the keys and the account rules.
+pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
+    // Settings first: a wrong one refuses to start before anything is touched.
+    let cookie_domain = config.cookie_domain()?;
+    let destinations = Arc::new(config.destinations()?);
+    let trusted_proxies = Arc::new(config.trusted_proxies()?);
+    let passkeys = crate::passkeys::Passkeys::from_config(&config)?.map(Arc::new);
+    let keys = Arc::new(Keys::load(config.secret_key.as_ref(), config.is_https())?);
+    let pool = db::connect(&config).await?;
+    db::migrate(&pool).await?;
+    let accounts = Accounts::start(&config, pool.clone(), keys.clone())?;
+    Ok(AppState {
+        cookie_names: CookieNames::for_config(&config, cookie_domain.is_some()),
+        cookie_domain,
+        destinations,
+        trusted_proxies,
+        passkeys,
+        config: Arc::new(config),
+        pool,
+        keys,
+        accounts,
+        metrics: telemetry::metrics_handle(),
+    })
 }
 
 const STYLE_CSS: &str = include_str!("../static/style.css");
@@ -243,7 +185,7 @@ pub struct Server {
 impl Server {
     /// Connects, migrates, starts the mail worker and housekeeping, and serves on `listener`.
     pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Server> {
-        let state = AppState::new(config).await?;
+        let state = build_state(config).await?;
         // After the keys: a generated development key makes `var/` private before the
         // file transport creates `var/mail` inside it.
         let transport = Transport::from_config(&state.config)?;

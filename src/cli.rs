@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::keys::Keys;
 use crate::mail::relay::message_for_test;
 use crate::mail::transport::{Transport, mail_from};
+use crate::private_postgres;
 use crate::store::users::AccountSummary;
 use crate::{db, telemetry};
 
@@ -92,9 +93,25 @@ enum UserCommand {
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let config = Config::load()?;
+    let mut config = Config::load()?;
     telemetry::init(&config.log, config.log_format);
-    match cli.command.unwrap_or(Command::Serve) {
+    let command = cli.command.unwrap_or(Command::Serve);
+    // `mail test` needs no database; every other command may use the private cluster.
+    let cluster = match command {
+        Command::Mail { .. } => None,
+        _ => private_postgres::prepare(&mut config).await?,
+    };
+    let result = run_command(config, command).await;
+    if let Some(cluster) = cluster
+        && let Err(err) = cluster.stop().await
+    {
+        tracing::error!("{err:#}");
+    }
+    result
+}
+
+async fn run_command(config: Config, command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Serve => {
             let listener = TcpListener::bind(config.listen)
                 .await

@@ -1,4 +1,4 @@
-//! The Postgres pool: created database if missing, embedded migrations applied.
+//! The Postgres pool for `app` and `cli`: the database created if missing, embedded migrations applied.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -9,33 +9,6 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgPool};
 
 use crate::config::Config;
-
-/// The database could not be reached (a request answers 503, not 500). Used where the
-/// original `sqlx::Error` cannot travel, e.g. through the session store's string errors.
-#[derive(Debug, thiserror::Error)]
-#[error("the database is unavailable")]
-pub struct Unavailable;
-
-/// Whether `err` means the database is out of reach (down, unreachable, connection cut,
-/// no connection free in time) rather than a bug in a query.
-pub fn is_outage(err: &sqlx::Error) -> bool {
-    matches!(
-        err,
-        sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::WorkerCrashed
-            // What a connection closed during its start-up or mid-reply reads as.
-            | sqlx::Error::Protocol(_)
-    )
-}
-
-/// Whether Postgres answers a trivial query within `within` (readiness, outage checks).
-pub async fn ping(pool: &PgPool, within: Duration) -> bool {
-    let query = sqlx::query("select 1").execute(pool);
-    matches!(tokio::time::timeout(within, query).await, Ok(Ok(_)))
-}
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 

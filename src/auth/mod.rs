@@ -21,7 +21,9 @@ use std::time::Duration;
 use sqlx::PgPool;
 use tokio_util::task::TaskTracker;
 
-pub use crate::store::audit::Origin;
+pub use crate::store::audit::{EventKind, Origin};
+pub use crate::store::reachability::Unavailable;
+pub use crate::store::users::User;
 
 use crate::config::{Config, ThrottleConfig};
 use crate::domain::password::{NewPassword, PasswordPolicy, PolicyContext, PolicyViolation};
@@ -201,4 +203,21 @@ pub async fn check_new_password(
     })
     .await
     .map_err(|e| ServiceError::Unexpected(anyhow::anyhow!("checking a new password: {e}")))
+}
+
+/// Whether Postgres answers a trivial query within `within` (readiness; telling an outage
+/// from a bug).
+pub async fn database_answers(accounts: &Accounts, within: Duration) -> bool {
+    crate::store::reachability::ping(&accounts.pool, within).await
+}
+
+/// Whether `err` means the database could not be reached (an outage, answered with 503)
+/// rather than a bug.
+pub fn is_unavailable(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause.is::<Unavailable>()
+            || cause
+                .downcast_ref::<sqlx::Error>()
+                .is_some_and(crate::store::reachability::is_outage)
+    })
 }

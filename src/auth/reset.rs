@@ -6,13 +6,13 @@ use super::set_password::{Replacement, set_password};
 use super::throttle::{IpScope, check_ip};
 use super::two_factor::{self, TwoFactorError};
 use super::{Accounts, Origin, ServiceError};
-use crate::db;
 use crate::domain::EmailAddress;
 use crate::domain::password::{PolicyContext, PolicyViolation};
 use crate::domain::token::ResetToken;
 use crate::mail::messages;
 use crate::store::audit::{self, EventKind};
 use crate::store::passkeys;
+use crate::store::reachability::{self, Unavailable};
 use crate::store::reset_tokens::{self, TokenState};
 use crate::store::throttle;
 use crate::store::users;
@@ -42,10 +42,9 @@ pub async fn request_link(
     // The work below happens after the answer, so make sure it can happen at all: with
     // the database out of reach, "check your email" would promise a mail that never comes.
     // The same query runs for every address, so it tells nothing about which have accounts.
-    if !db::ping(&accounts.pool, accounts.settings.db_acquire_timeout).await {
+    if !reachability::ping(&accounts.pool, accounts.settings.db_acquire_timeout).await {
         return Err(ServiceError::Unexpected(
-            anyhow::Error::new(db::Unavailable)
-                .context("checking the database before a reset request"),
+            anyhow::Error::new(Unavailable).context("checking the database before a reset request"),
         )
         .into());
     }

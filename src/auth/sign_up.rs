@@ -10,12 +10,12 @@ use secrecy::SecretString;
 
 use super::throttle::{IpScope, check_ip};
 use super::{Accounts, Origin, ServiceError};
-use crate::db;
 use crate::domain::EmailAddress;
 use crate::domain::password::{PolicyContext, PolicyViolation};
 use crate::domain::token::ResetToken;
 use crate::mail::messages;
 use crate::store::audit::{self, EventKind};
+use crate::store::reachability::{self, Unavailable};
 use crate::store::sign_ups::{self, LinkState};
 use crate::store::users;
 
@@ -95,9 +95,9 @@ pub async fn request_sign_up(
         .map_err(ServiceError::from)?;
     // The work below happens after the answer, so make sure it can happen at all (the
     // same query for every address).
-    if !db::ping(&accounts.pool, accounts.settings.db_acquire_timeout).await {
+    if !reachability::ping(&accounts.pool, accounts.settings.db_acquire_timeout).await {
         return Err(ServiceError::Unexpected(
-            anyhow::Error::new(db::Unavailable).context("checking the database before a sign-up"),
+            anyhow::Error::new(Unavailable).context("checking the database before a sign-up"),
         )
         .into());
     }

@@ -17,9 +17,9 @@ use rand::rngs::OsRng;
 use sha2::Sha256;
 use tower_sessions::session::Id;
 
+use super::AppState;
 use super::session_store;
 use super::{AppError, AuthSession};
-use crate::app::AppState;
 
 /// Largest request body read; larger ones answer 413.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;

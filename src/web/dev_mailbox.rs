@@ -11,8 +11,8 @@ use axum::routing::get;
 use time::OffsetDateTime;
 
 use super::AppError;
+use super::AppState;
 use super::pages::{self, Layout};
-use crate::app::AppState;
 use crate::mail::mailbox;
 
 pub fn router() -> Router<AppState> {

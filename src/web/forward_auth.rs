@@ -17,8 +17,8 @@ use serde::Serialize;
 use tower_sessions::session::Id;
 
 use super::AppError;
+use super::AppState;
 use super::session_store;
-use crate::app::AppState;
 use crate::auth::session::{Identity, authenticate};
 use crate::domain::next::UrlRefused;
 

@@ -8,8 +8,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-use crate::app::AppState;
-use crate::db;
+use super::AppState;
 use crate::mail::outbox::{Backlog, backlog};
 
 pub fn router() -> Router<AppState> {
@@ -26,7 +25,7 @@ pub fn metrics_router() -> Router<AppState> {
 /// 200 while Postgres answers, whatever the mail relay does; the body adds the outbox's
 /// figures so a stuck outbox shows without reading logs.
 async fn ready(State(state): State<AppState>) -> impl IntoResponse {
-    if !db::ping(&state.pool, Duration::from_secs(2)).await {
+    if !crate::auth::database_answers(&state.accounts, Duration::from_secs(2)).await {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             "database unavailable\n".to_owned(),

@@ -17,10 +17,10 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use super::AppState;
 use super::csrf::CsrfToken;
 use super::pages::{self, Errors, Layout};
 use super::{AppError, AuthSession, ClientOrigin, CurrentUser, WebForm};
-use crate::app::AppState;
 use crate::auth::ServiceError;
 use crate::auth::reset::{ResetError, check_link};
 use crate::auth::session::SignInMethod;

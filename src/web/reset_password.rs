@@ -10,14 +10,14 @@ use axum::routing::get;
 use serde::Deserialize;
 
 use super::AppError;
+use super::AppState;
 use super::csrf::CsrfToken;
 use super::pages::{self, Errors, Layout};
 use super::{ClientOrigin, WebForm};
-use crate::app::AppState;
+use crate::auth::User;
 use crate::auth::reset::{ResetError, ResetProof, TokenProblem, check_link, complete_reset};
 use crate::domain::password::PolicyViolation;
 use crate::passkeys::PasskeyError;
-use crate::store::users::User;
 use uuid::Uuid;
 
 pub fn router() -> Router<AppState> {

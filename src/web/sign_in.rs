@@ -8,10 +8,10 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 
+use super::AppState;
 use super::csrf::CsrfToken;
 use super::pages::{self, ErrorPage, Errors, Layout};
 use super::{AppError, AuthSession, ClientOrigin, CurrentUser, WebForm};
-use crate::app::AppState;
 use std::time::Duration;
 
 use crate::auth::session::SignInMethod;

@@ -10,11 +10,11 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use serde::Deserialize;
 
+use super::AppState;
 use super::csrf::CsrfToken;
 use super::pages::{self, Errors, Layout};
 use super::reset_password::policy_errors;
 use super::{AppError, ClientOrigin, WebForm};
-use crate::app::AppState;
 use crate::auth::sign_up::{
     ConfirmError, EmailProblem, LinkProblem, SignUpError, check_link, confirm_sign_up,
     request_sign_up,
