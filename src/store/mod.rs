@@ -6,6 +6,7 @@ pub mod audit;
 pub mod devices;
 pub mod housekeeping;
 pub mod outbox;
+pub mod passkeys;
 pub mod reachability;
 pub mod reset_tokens;
 pub mod sessions;

@@ -11,6 +11,7 @@ pub mod headers;
 pub mod health;
 pub mod home;
 pub mod pages;
+pub mod passkeys;
 pub mod password_strength;
 pub mod reset_password;
 pub mod session;

@@ -223,6 +223,11 @@ impl AuthSession {
         Ok(SignInMethod::from_recorded(recorded.as_deref()))
     }
 
+    /// When this session was signed in (seconds since the epoch), if it recorded it.
+    pub async fn signed_in_at(&self) -> anyhow::Result<Option<i64>> {
+        self.0.get::<i64>(SIGNED_IN_AT).await.map_err(store_error)
+    }
+
     pub fn id(&self) -> Option<Id> {
         self.0.id()
     }

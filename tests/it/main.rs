@@ -18,6 +18,7 @@ mod housekeeping;
 mod instances;
 mod migrations;
 mod operator;
+mod passkeys;
 mod private_postgres;
 mod proxies;
 mod races;
