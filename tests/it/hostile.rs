@@ -95,6 +95,8 @@ const GET_ROUTES: &[&str] = &[
     "/reset-password",
     "/settings/security",
     "/settings/security/two-factor",
+    "/sign-up",
+    "/sign-up/confirm",
 ];
 const POST_ROUTES: &[&str] = &[
     "/sign-in",
@@ -107,6 +109,8 @@ const POST_ROUTES: &[&str] = &[
     "/settings/security/two-factor/enable",
     "/settings/security/two-factor/disable",
     "/settings/security/two-factor/recovery-codes",
+    "/sign-up",
+    "/sign-up/confirm",
 ];
 /// Outside the CSRF layer.
 const OTHER_ROUTES: &[&str] = &[
@@ -824,6 +828,8 @@ async fn snapshot(app: &TestApp) -> String {
             (select string_agg(concat_ws(':', id, user_id, used_at, expires_at, failed_codes),
                      ',' order by id) from reset_tokens),
             (select count(*) from outbox),
+            (select string_agg(concat_ws(':', id, used_at, failed_attempts), ',' order by id)
+               from sign_ups),
             (select string_agg(concat_ws(':', id, used_at), ',' order by id) from recovery_codes),
             (select count(*) from audit_events where kind <> 'sign_in_failed'))",
     )
@@ -1009,7 +1015,13 @@ fn attack(threads: &'static str, who: Who, tweak: fn(&mut latchkey::config::Conf
     }
 }
 
+/// Sign-up is open in every attack, so its routes take hostile input too.
+fn open_sign_up(config: &mut latchkey::config::Config) {
+    config.sign_up = latchkey::config::SignUp::Open;
+}
+
 fn trust_forwarded_for(config: &mut latchkey::config::Config) {
+    open_sign_up(config);
     config.trust_forwarded_for = true;
 }
 
@@ -1020,12 +1032,12 @@ fn hostile_requests_from_strangers_get_no_5xx_and_change_nothing() {
 
 #[test]
 fn hostile_requests_in_a_signed_in_session_get_no_5xx_and_change_nothing() {
-    attack("hostile-user", Who::SignedIn, |_| {});
+    attack("hostile-user", Who::SignedIn, open_sign_up);
 }
 
 #[test]
 fn hostile_requests_halfway_through_two_factor_sign_in_get_no_5xx_and_change_nothing() {
-    attack("hostile-2fa", Who::HalfSignedIn, |_| {});
+    attack("hostile-2fa", Who::HalfSignedIn, open_sign_up);
 }
 
 // ---------------------------------------------------------------------------------------
