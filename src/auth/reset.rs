@@ -12,7 +12,6 @@ use crate::domain::token::ResetToken;
 use crate::mail::messages;
 use crate::store::audit::{self, EventKind};
 use crate::store::passkeys;
-use crate::store::reachability::{self, Unavailable};
 use crate::store::reset_tokens::{self, TokenState};
 use crate::store::throttle;
 use crate::store::users;
@@ -39,26 +38,12 @@ pub async fn request_link(
     check_ip(accounts, IpScope::ForgotPassword, &ip).await?;
     let email = EmailAddress::parse(email_input)
         .map_err(|err| RequestLinkError::InvalidEmail(err.to_string()))?;
-    // The work below happens after the answer, so make sure it can happen at all: with
-    // the database out of reach, "check your email" would promise a mail that never comes.
-    // The same query runs for every address, so it tells nothing about which have accounts.
-    if !reachability::ping(&accounts.pool, accounts.settings.db_acquire_timeout).await {
-        return Err(ServiceError::Unexpected(
-            anyhow::Error::new(Unavailable).context("checking the database before a reset request"),
-        )
-        .into());
-    }
-    let task_accounts = accounts.clone();
-    let task_email = email.clone();
-    let task_origin = origin.clone();
-    accounts.tasks.spawn(async move {
-        if let Err(err) = request_reset(&task_accounts, &task_email, &task_origin).await {
-            tracing::error!(
-                error = format!("{err:#}"),
-                "requesting a password reset failed"
-            );
-        }
-    });
+    let (task_accounts, task_email, task_origin) =
+        (accounts.clone(), email.clone(), origin.clone());
+    super::after_the_answer(accounts, "a password reset request", async move {
+        request_reset(&task_accounts, &task_email, &task_origin).await
+    })
+    .await?;
     Ok(email)
 }
 

@@ -16,7 +16,6 @@ use crate::domain::password::{PolicyContext, PolicyViolation};
 use crate::domain::token::ResetToken;
 use crate::mail::messages;
 use crate::store::audit::{self, EventKind};
-use crate::store::reachability::{self, Unavailable};
 use crate::store::sign_ups::{self, LinkState};
 use crate::store::users;
 
@@ -94,24 +93,13 @@ pub async fn request_sign_up(
         .hash(SecretString::from(password.expose().to_owned()))
         .await
         .map_err(ServiceError::from)?;
-    // The work below happens after the answer, so make sure it can happen at all (the
-    // same query for every address).
-    if !reachability::ping(&accounts.pool, accounts.settings.db_acquire_timeout).await {
-        return Err(ServiceError::Unexpected(
-            anyhow::Error::new(Unavailable).context("checking the database before a sign-up"),
-        )
-        .into());
-    }
-    let task_accounts = accounts.clone();
-    let task_email = email.clone();
-    let task_origin = origin.clone();
+    let (task_accounts, task_email, task_origin) =
+        (accounts.clone(), email.clone(), origin.clone());
     let task_hash = SecretString::from(hash);
-    accounts.tasks.spawn(async move {
-        if let Err(err) = record_request(&task_accounts, &task_email, task_hash, &task_origin).await
-        {
-            tracing::error!(error = format!("{err:#}"), "recording a sign-up failed");
-        }
-    });
+    super::after_the_answer(accounts, "recording a sign-up", async move {
+        record_request(&task_accounts, &task_email, task_hash, &task_origin).await
+    })
+    .await?;
     Ok(email)
 }
 
