@@ -4,7 +4,7 @@ use secrecy::SecretString;
 
 use super::set_password::{Replacement, set_password};
 use super::throttle::{IpScope, check_ip};
-use super::two_factor::{self, TwoFactorError};
+use super::two_factor::{self, CodeError};
 use super::{Accounts, Origin, ServiceError};
 use crate::domain::EmailAddress;
 use crate::domain::password::{PolicyContext, PolicyViolation};
@@ -222,7 +222,7 @@ pub async fn complete_reset(
     if let Some(totp_code) = totp_code {
         match two_factor::check_code(accounts, &user, totp_code).await {
             Ok(()) => {}
-            Err(TwoFactorError::WrongCode) => {
+            Err(CodeError::WrongCode) => {
                 reset_tokens::record_code_failure(&accounts.pool, &digest, CODE_ATTEMPTS_PER_TOKEN)
                     .await?;
                 audit::record(
@@ -236,8 +236,7 @@ pub async fn complete_reset(
                 .await?;
                 return Err(ResetError::WrongCode);
             }
-            Err(TwoFactorError::Service(failure)) => return Err(failure.into()),
-            Err(other) => return Err(anyhow::anyhow!("checking a reset code: {other}").into()),
+            Err(CodeError::Service(failure)) => return Err(failure.into()),
         }
     }
     let hash = accounts

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use crate::auth::session::SignInMethod;
 use crate::auth::sign_in::{SignInError, SignInOutcome, sign_in};
-use crate::auth::two_factor::{self, TwoFactorError};
+use crate::auth::two_factor::{self, SecondStepError};
 use crate::auth::{Accounts, ServiceError, session as sessions};
 use crate::domain::SafeNext;
 
@@ -290,7 +290,7 @@ async fn submit_second_step(
             let to = Redirect::to(next.as_ref().map_or("/", |n| n.as_str())).into_response();
             Ok(device::signed_in(&state, device, user.id, user.email.as_str(), &origin, to).await)
         }
-        Err(TwoFactorError::Service(ServiceError::Throttled { retry_after })) => Ok(throttled(
+        Err(SecondStepError::Service(ServiceError::Throttled { retry_after })) => Ok(throttled(
             second_step_page(
                 &csrf.0,
                 Errors::one("totp_code", wait_message(retry_after)),
@@ -298,13 +298,13 @@ async fn submit_second_step(
             ),
             retry_after,
         )),
-        Err(TwoFactorError::Service(failure)) => Err(failure.into()),
-        Err(TwoFactorError::WrongState) => Ok(Redirect::to("/sign-in").into_response()),
-        Err(TwoFactorError::AccountDisabled) => {
+        Err(SecondStepError::Service(failure)) => Err(failure.into()),
+        Err(SecondStepError::SignInOver) => Ok(Redirect::to("/sign-in").into_response()),
+        Err(SecondStepError::AccountDisabled) => {
             session.sign_out().await?;
             Ok(account_disabled())
         }
-        Err(_) => Ok(second_step_page(
+        Err(SecondStepError::WrongCode) => Ok(second_step_page(
             &csrf.0,
             Errors::one(
                 "totp_code",

@@ -17,7 +17,8 @@ use super::pages::{self, Errors, Layout};
 use super::reset_password::policy_errors;
 use super::{AppError, ClientOrigin, CurrentUser, WebForm};
 use crate::auth::ServiceError;
-use crate::auth::two_factor::{self, TwoFactorError};
+use crate::auth::two_factor::{self, DisableError, EnableError, RegenerateError};
+use crate::domain::password::PolicyViolation;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -140,6 +141,53 @@ struct CodeForm {
 const WRONG_PASSWORD: &str = "Your current password is incorrect";
 const WRONG_CODE: &str = "Enter the 6-digit code from your authenticator app, or a recovery code";
 
+/// What a failed form of this page shows, whichever flow failed.
+enum Failure {
+    WrongPassword,
+    WrongCode,
+    NeedsNewPassword,
+    Policy(PolicyViolation),
+    Service(ServiceError),
+    /// The flow does not apply any more (already on or off, password changed elsewhere):
+    /// the page is shown again as it now is.
+    Stale,
+}
+
+impl From<EnableError> for Failure {
+    fn from(e: EnableError) -> Failure {
+        match e {
+            EnableError::WrongPassword => Failure::WrongPassword,
+            EnableError::WrongCode => Failure::WrongCode,
+            EnableError::NotReady => Failure::Stale,
+            EnableError::Service(s) => Failure::Service(s),
+        }
+    }
+}
+
+impl From<RegenerateError> for Failure {
+    fn from(e: RegenerateError) -> Failure {
+        match e {
+            RegenerateError::WrongPassword => Failure::WrongPassword,
+            RegenerateError::WrongCode => Failure::WrongCode,
+            RegenerateError::NotOn => Failure::Stale,
+            RegenerateError::Service(s) => Failure::Service(s),
+        }
+    }
+}
+
+impl From<DisableError> for Failure {
+    fn from(e: DisableError) -> Failure {
+        match e {
+            DisableError::WrongPassword => Failure::WrongPassword,
+            DisableError::WrongCode => Failure::WrongCode,
+            DisableError::NeedsNewPassword => Failure::NeedsNewPassword,
+            DisableError::Policy(violation) => Failure::Policy(violation),
+            DisableError::NotOn | DisableError::PasswordChangedElsewhere => Failure::Stale,
+            DisableError::Service(s) => Failure::Service(s),
+        }
+    }
+}
+
 /// Which fields the errors of one form of the page belong to.
 struct Fields {
     password: &'static str,
@@ -152,12 +200,12 @@ async fn failed(
     csrf: &str,
     current: &CurrentUser,
     fields: Fields,
-    err: TwoFactorError,
+    err: impl Into<Failure>,
 ) -> Result<Response, AppError> {
-    let (errors, needs_new_password) = match err {
-        TwoFactorError::WrongPassword => (Errors::one(fields.password, WRONG_PASSWORD), false),
-        TwoFactorError::WrongCode => (Errors::one(fields.code, WRONG_CODE), false),
-        TwoFactorError::NeedsNewPassword => (
+    let (errors, needs_new_password) = match err.into() {
+        Failure::WrongPassword => (Errors::one(fields.password, WRONG_PASSWORD), false),
+        Failure::WrongCode => (Errors::one(fields.code, WRONG_CODE), false),
+        Failure::NeedsNewPassword => (
             Errors::one(
                 "new_password",
                 format!(
@@ -167,8 +215,8 @@ async fn failed(
             ),
             true,
         ),
-        TwoFactorError::Policy(violation) => (policy_errors(&violation), true),
-        TwoFactorError::Service(ServiceError::Throttled { retry_after }) => (
+        Failure::Policy(violation) => (policy_errors(&violation), true),
+        Failure::Service(ServiceError::Throttled { retry_after }) => (
             Errors::one(
                 fields.password,
                 format!(
@@ -178,8 +226,8 @@ async fn failed(
             ),
             false,
         ),
-        TwoFactorError::Service(failure) => return Err(failure.into()),
-        TwoFactorError::WrongState | TwoFactorError::AccountDisabled => {
+        Failure::Service(failure) => return Err(failure.into()),
+        Failure::Stale => {
             return Ok(Redirect::to("/settings/security/two-factor").into_response());
         }
     };

@@ -1,16 +1,12 @@
-//! Two-factor authentication: TOTP (RFC 6238: SHA-1, 6 digits, 30 s, ±1 step) with the
-//! secret encrypted at rest, and ten single-use recovery codes stored as keyed hashes.
+//! Two-factor authentication, the flows: set up, turn on, make new recovery codes, turn
+//! off, and the second step of a sign-in; each with its own error, whose cases are exactly
+//! what that flow can meet. The primitives are [`secret`] (the TOTP secret, sealed at rest)
+//! and [`recovery`] (single-use recovery codes, stored as keyed hashes).
 
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{XChaCha20Poly1305, XNonce};
-use hmac::{Hmac, Mac};
-use rand::RngCore;
-use rand::rngs::OsRng;
+mod recovery;
+mod secret;
+
 use secrecy::SecretString;
-use sha2::Sha256;
-use subtle::ConstantTimeEq;
-use totp_rs::{Algorithm, TOTP};
-use uuid::Uuid;
 
 use super::session::PendingSecondStep;
 use super::set_password::{Replacement, set_password};
@@ -21,151 +17,49 @@ use crate::mail::messages;
 use crate::store::audit::{self, EventKind};
 use crate::store::two_factor as store;
 use crate::store::users::{self, User};
+use recovery::{generate_recovery_codes, normalize_code, recovery_hash};
+pub use secret::TotpSecret;
+use secret::{open, seal};
 
-const SECRET_BYTES: usize = 20;
-const STEP_SECS: u64 = 30;
-const RECOVERY_CODES: usize = 10;
-/// Letters and digits that cannot be mistaken for one another when copied by hand.
-const RECOVERY_ALPHABET: &[u8] = b"abcdefghjkmnpqrstuvwxyz23456789";
-
-/// A TOTP secret in the clear, only ever in memory.
-pub struct TotpSecret(Vec<u8>);
-
-impl TotpSecret {
-    fn generate() -> TotpSecret {
-        let mut bytes = vec![0u8; SECRET_BYTES];
-        OsRng.fill_bytes(&mut bytes);
-        TotpSecret(bytes)
-    }
-
-    /// Uppercase base32 without padding, as authenticator apps take it.
-    pub fn base32(&self) -> String {
-        base32_encode(&self.0)
-    }
-
-    fn totp(&self, email: &str) -> anyhow::Result<TOTP> {
-        TOTP::new(
-            Algorithm::SHA1,
-            6,
-            1,
-            STEP_SECS,
-            self.0.clone(),
-            Some("latchkey".to_owned()),
-            email.replace(':', ""),
-        )
-        .map_err(|e| anyhow::anyhow!("building the TOTP: {e}"))
-    }
-
-    /// The `otpauth://` URI the QR code carries.
-    pub fn uri(&self, email: &str) -> anyhow::Result<String> {
-        Ok(self.totp(email)?.get_url())
-    }
-
-    /// The step whose code matches `code` within ±1 step of now.
-    fn matching_step(&self, email: &str, code: &str) -> anyhow::Result<Option<i64>> {
-        let totp = self.totp(email)?;
-        let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        let current = now.div_euclid(STEP_SECS as i64);
-        for step in [current - 1, current, current + 1] {
-            let expected = totp.generate((step.max(0) as u64) * STEP_SECS);
-            if bool::from(expected.as_bytes().ct_eq(code.as_bytes())) {
-                return Ok(Some(step));
-            }
-        }
-        Ok(None)
-    }
-}
-
-fn base32_encode(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
-    let mut out = String::new();
-    let (mut buffer, mut bits) = (0u32, 0u32);
-    for &byte in bytes {
-        buffer = (buffer << 8) | u32::from(byte);
-        bits += 8;
-        while bits >= 5 {
-            bits -= 5;
-            out.push(char::from(ALPHABET[((buffer >> bits) & 31) as usize]));
-        }
-    }
-    if bits > 0 {
-        out.push(char::from(ALPHABET[((buffer << (5 - bits)) & 31) as usize]));
-    }
-    out
-}
-
-/// Encrypts a secret for the database, bound to its account.
-fn seal(key: &[u8; 32], user_id: Uuid, secret: &TotpSecret) -> anyhow::Result<Vec<u8>> {
-    let cipher = XChaCha20Poly1305::new(key.into());
-    let mut nonce = [0u8; 24];
-    OsRng.fill_bytes(&mut nonce);
-    let sealed = cipher
-        .encrypt(
-            XNonce::from_slice(&nonce),
-            Payload {
-                msg: &secret.0,
-                aad: user_id.as_bytes(),
-            },
-        )
-        .map_err(|_| anyhow::anyhow!("encrypting a TOTP secret"))?;
-    Ok([nonce.as_slice(), &sealed].concat())
-}
-
-fn open(key: &[u8; 32], user_id: Uuid, sealed: &[u8]) -> anyhow::Result<TotpSecret> {
-    if sealed.len() < 24 {
-        anyhow::bail!("stored TOTP secret is truncated");
-    }
-    let (nonce, ciphertext) = sealed.split_at(24);
-    let cipher = XChaCha20Poly1305::new(key.into());
-    let secret = cipher
-        .decrypt(
-            XNonce::from_slice(nonce),
-            Payload {
-                msg: ciphertext,
-                aad: user_id.as_bytes(),
-            },
-        )
-        .map_err(|_| anyhow::anyhow!("decrypting a TOTP secret (wrong LATCHKEY_SECRET_KEY?)"))?;
-    Ok(TotpSecret(secret))
-}
-
-/// A recovery code as typed: spaces, dashes and case do not matter.
-fn normalize_code(code: &str) -> String {
-    code.chars()
-        .filter(|c| !c.is_whitespace() && *c != '-')
-        .flat_map(char::to_lowercase)
-        .collect()
-}
-
-fn recovery_hash(key: &[u8; 32], user_id: Uuid, code: &str) -> Vec<u8> {
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key)
-        .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
-    mac.update(user_id.as_bytes());
-    mac.update(normalize_code(code).as_bytes());
-    mac.finalize().into_bytes().to_vec()
-}
-
-/// Ten new codes like `k7m2-x9qp-4hzt` (60 bits each).
-fn generate_recovery_codes() -> Vec<String> {
-    (0..RECOVERY_CODES)
-        .map(|_| {
-            let mut bytes = [0u8; 12];
-            OsRng.fill_bytes(&mut bytes);
-            let chars: Vec<char> = bytes
-                .iter()
-                .map(|b| char::from(RECOVERY_ALPHABET[usize::from(*b) % RECOVERY_ALPHABET.len()]))
-                .collect();
-            chars
-                .chunks(4)
-                .map(|c| c.iter().collect::<String>())
-                .collect::<Vec<_>>()
-                .join("-")
-        })
-        .collect()
-}
-
+/// Checking a `totp_code` field went wrong.
 #[derive(Debug, thiserror::Error)]
-pub enum TwoFactorError {
+pub enum CodeError {
+    #[error("the code is wrong")]
+    WrongCode,
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+}
+
+/// Turning two-factor on went wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum EnableError {
+    #[error("the current password is wrong")]
+    WrongPassword,
+    #[error("the code is wrong")]
+    WrongCode,
+    /// Already on, or no key was shown to confirm (or the password changed since).
+    #[error("two-factor authentication cannot be turned on from here")]
+    NotReady,
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+}
+
+/// Making new recovery codes went wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum RegenerateError {
+    #[error("the current password is wrong")]
+    WrongPassword,
+    #[error("the code is wrong")]
+    WrongCode,
+    #[error("two-factor authentication is off")]
+    NotOn,
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+}
+
+/// Turning two-factor off went wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum DisableError {
     #[error("the current password is wrong")]
     WrongPassword,
     #[error("the code is wrong")]
@@ -175,8 +69,25 @@ pub enum TwoFactorError {
     NeedsNewPassword,
     #[error("the new password does not meet the policy")]
     Policy(PolicyViolation),
-    #[error("two-factor authentication is not in the expected state")]
-    WrongState,
+    #[error("two-factor authentication is off")]
+    NotOn,
+    /// The password was reset or changed elsewhere since it was checked: nothing changed,
+    /// and this session is over.
+    #[error("the password changed elsewhere")]
+    PasswordChangedElsewhere,
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+}
+
+/// The second step of a sign-in went wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum SecondStepError {
+    #[error("the code is wrong")]
+    WrongCode,
+    /// The account's password changed since the first step (or the account is gone): the
+    /// half-signed-in session is over.
+    #[error("the sign-in is over")]
+    SignInOver,
     /// An operator disabled the account between the password and the code.
     #[error("the account is disabled")]
     AccountDisabled,
@@ -184,15 +95,53 @@ pub enum TwoFactorError {
     Service(#[from] ServiceError),
 }
 
-impl From<anyhow::Error> for TwoFactorError {
-    fn from(e: anyhow::Error) -> Self {
-        TwoFactorError::Service(ServiceError::Unexpected(e))
+/// The `From` impls every flow error needs for `?` on I/O.
+macro_rules! unexpected_into {
+    ($($error:ty),*) => {$(
+        impl From<anyhow::Error> for $error {
+            fn from(e: anyhow::Error) -> Self {
+                Self::Service(ServiceError::Unexpected(e))
+            }
+        }
+        impl From<sqlx::Error> for $error {
+            fn from(e: sqlx::Error) -> Self {
+                anyhow::Error::from(e).into()
+            }
+        }
+    )*};
+}
+unexpected_into!(
+    CodeError,
+    EnableError,
+    RegenerateError,
+    DisableError,
+    SecondStepError
+);
+
+impl From<CodeError> for RegenerateError {
+    fn from(e: CodeError) -> Self {
+        match e {
+            CodeError::WrongCode => RegenerateError::WrongCode,
+            CodeError::Service(s) => RegenerateError::Service(s),
+        }
     }
 }
 
-impl From<sqlx::Error> for TwoFactorError {
-    fn from(e: sqlx::Error) -> Self {
-        anyhow::Error::from(e).into()
+impl From<CodeError> for DisableError {
+    fn from(e: CodeError) -> Self {
+        match e {
+            CodeError::WrongCode => DisableError::WrongCode,
+            CodeError::Service(s) => DisableError::Service(s),
+        }
+    }
+}
+
+impl From<CodeError> for SecondStepError {
+    fn from(e: CodeError) -> Self {
+        match e {
+            CodeError::WrongCode => SecondStepError::WrongCode,
+            CodeError::Service(s) => SecondStepError::Service(s),
+        }
     }
 }
 
@@ -220,11 +169,7 @@ pub async fn pending_secret(accounts: &Accounts, user: &User) -> anyhow::Result<
 /// Checks a `totp_code` field: a current code (each accepted once) or an unused recovery
 /// code (used up now). Each check reserves a failure on the account's throttle first; a
 /// right code gives it back, a wrong one lets it stand.
-pub async fn check_code(
-    accounts: &Accounts,
-    user: &User,
-    code: &str,
-) -> Result<(), TwoFactorError> {
+pub async fn check_code(accounts: &Accounts, user: &User, code: &str) -> Result<(), CodeError> {
     check_code_reserved(accounts, user, code)
         .await?
         .give_back(accounts)
@@ -237,13 +182,13 @@ async fn check_code_reserved(
     accounts: &Accounts,
     user: &User,
     code: &str,
-) -> Result<throttle::Reservation, TwoFactorError> {
+) -> Result<throttle::Reservation, CodeError> {
     let reservation = throttle::reserve(accounts, &user.email_key).await?;
     if verify_code(accounts, user, code).await? {
         return Ok(reservation);
     }
     reservation.fail(accounts).await?;
-    Err(TwoFactorError::WrongCode)
+    Err(CodeError::WrongCode)
 }
 
 async fn verify_code(accounts: &Accounts, user: &User, code: &str) -> anyhow::Result<bool> {
@@ -271,25 +216,22 @@ async fn verify_code(accounts: &Accounts, user: &User, code: &str) -> anyhow::Re
     .await
 }
 
-async fn check_password(
+/// Whether `password` is the account's current one (a wrong one counts as a failed
+/// sign-in).
+async fn password_is_right(
     accounts: &Accounts,
     user: &User,
     password: &str,
     origin: &Origin,
-) -> Result<(), TwoFactorError> {
-    if confirm_password(
+) -> Result<bool, ServiceError> {
+    confirm_password(
         accounts,
         user,
         password,
         origin,
         "wrong password on two-factor settings",
     )
-    .await?
-    {
-        Ok(())
-    } else {
-        Err(TwoFactorError::WrongPassword)
-    }
+    .await
 }
 
 async fn notify(
@@ -325,21 +267,23 @@ pub async fn enable(
     password: &str,
     code: &str,
     origin: &Origin,
-) -> Result<Vec<String>, TwoFactorError> {
+) -> Result<Vec<String>, EnableError> {
     if user.has_two_factor() {
-        return Err(TwoFactorError::WrongState);
+        return Err(EnableError::NotReady);
     }
-    check_password(accounts, user, password, origin).await?;
+    if !password_is_right(accounts, user, password, origin).await? {
+        return Err(EnableError::WrongPassword);
+    }
     let row = store::load(&accounts.pool, user.id).await?;
     let Some(sealed) = row.totp_pending_enc else {
-        return Err(TwoFactorError::WrongState);
+        return Err(EnableError::NotReady);
     };
     let secret = open(&accounts.keys.totp, user.id, &sealed)?;
     let digits: String = code.chars().filter(|c| !c.is_whitespace()).collect();
     let reservation = throttle::reserve(accounts, &user.email_key).await?;
     let Some(step) = secret.matching_step(user.email.as_str(), &digits)? else {
         reservation.fail(accounts).await?;
-        return Err(TwoFactorError::WrongCode);
+        return Err(EnableError::WrongCode);
     };
     reservation.give_back(accounts).await?;
     let codes = generate_recovery_codes();
@@ -363,11 +307,13 @@ pub async fn regenerate_recovery_codes(
     password: &str,
     code: &str,
     origin: &Origin,
-) -> Result<Vec<String>, TwoFactorError> {
+) -> Result<Vec<String>, RegenerateError> {
     if !user.has_two_factor() {
-        return Err(TwoFactorError::WrongState);
+        return Err(RegenerateError::NotOn);
     }
-    check_password(accounts, user, password, origin).await?;
+    if !password_is_right(accounts, user, password, origin).await? {
+        return Err(RegenerateError::WrongPassword);
+    }
     check_code(accounts, user, code).await?;
     let codes = generate_recovery_codes();
     let hashes: Vec<Vec<u8>> = codes
@@ -402,15 +348,17 @@ pub async fn disable(
     code: &str,
     new_password: Option<(&str, &str)>,
     origin: &Origin,
-) -> Result<Option<time::OffsetDateTime>, TwoFactorError> {
+) -> Result<Option<time::OffsetDateTime>, DisableError> {
     if !user.has_two_factor() {
-        return Err(TwoFactorError::WrongState);
+        return Err(DisableError::NotOn);
     }
-    check_password(accounts, user, password, origin).await?;
+    if !password_is_right(accounts, user, password, origin).await? {
+        return Err(DisableError::WrongPassword);
+    }
     let short = normalize(password).chars().count() < accounts.policy.min_len_single_factor;
     let replacement = match (short, new_password) {
         (false, _) => None,
-        (true, None) => return Err(TwoFactorError::NeedsNewPassword),
+        (true, None) => return Err(DisableError::NeedsNewPassword),
         (true, Some((new, confirm))) => {
             let ctx = PolicyContext {
                 email: user.email.as_str(),
@@ -418,7 +366,7 @@ pub async fn disable(
             };
             let parsed = super::check_new_password(accounts, &ctx, new, confirm)
                 .await?
-                .map_err(TwoFactorError::Policy)?;
+                .map_err(DisableError::Policy)?;
             Some(parsed)
         }
     };
@@ -445,7 +393,7 @@ pub async fn disable(
                 Some(stored) => Some(stored),
                 // Reset or changed elsewhere since the password was checked: this
                 // session is over (the next page sends it to sign in); nothing changes.
-                None => return Err(TwoFactorError::WrongState),
+                None => return Err(DisableError::PasswordChangedElsewhere),
             }
         }
         None => None,
@@ -470,18 +418,18 @@ pub async fn complete_sign_in(
     pending: &PendingSecondStep,
     code: &str,
     origin: &Origin,
-) -> Result<User, TwoFactorError> {
+) -> Result<User, SecondStepError> {
     let user = users::find_by_id(&accounts.pool, pending.user_id)
         .await?
         .filter(|user| user.password_changed_at == pending.password_set_at)
-        .ok_or(TwoFactorError::WrongState)?;
+        .ok_or(SecondStepError::SignInOver)?;
     if user.is_disabled() {
-        return Err(TwoFactorError::AccountDisabled);
+        return Err(SecondStepError::AccountDisabled);
     }
     let reservation = match check_code_reserved(accounts, &user, code).await {
         Ok(reservation) => reservation,
         Err(err) => {
-            if matches!(err, TwoFactorError::WrongCode) {
+            if matches!(err, CodeError::WrongCode) {
                 audit::record(
                     &accounts.pool,
                     EventKind::SignInFailed,
@@ -492,7 +440,7 @@ pub async fn complete_sign_in(
                 )
                 .await?;
             }
-            return Err(err);
+            return Err(err.into());
         }
     };
     reservation.clear(accounts).await?;
@@ -530,53 +478,4 @@ pub async fn issue_recovery_codes_if_none(
 
 pub async fn unused_recovery_codes(accounts: &Accounts, user: &User) -> anyhow::Result<i64> {
     store::unused_recovery_codes(&accounts.pool, user.id).await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn base32_matches_rfc_4648() {
-        assert_eq!(base32_encode(b"foobar"), "MZXW6YTBOI");
-        assert_eq!(base32_encode(b"f"), "MY");
-    }
-
-    #[test]
-    fn a_sealed_secret_opens_only_for_its_account_and_key() {
-        let key = [3u8; 32];
-        let user = Uuid::new_v4();
-        let secret = TotpSecret::generate();
-        let sealed = seal(&key, user, &secret).expect("seal");
-        assert!(
-            !sealed
-                .windows(SECRET_BYTES)
-                .any(|w| w == secret.0.as_slice())
-        );
-        assert_eq!(open(&key, user, &sealed).expect("open").0, secret.0);
-        assert!(open(&key, Uuid::new_v4(), &sealed).is_err());
-        assert!(open(&[4u8; 32], user, &sealed).is_err());
-        assert!(open(&key, user, &sealed[..10]).is_err());
-    }
-
-    #[test]
-    fn recovery_codes_are_ten_distinct_readable_codes() {
-        let codes = generate_recovery_codes();
-        assert_eq!(codes.len(), 10);
-        let mut unique = codes.clone();
-        unique.sort();
-        unique.dedup();
-        assert_eq!(unique.len(), 10);
-        assert!(
-            codes
-                .iter()
-                .all(|c| c.len() == 14 && c.matches('-').count() == 2)
-        );
-        let key = [5u8; 32];
-        let user = Uuid::new_v4();
-        assert_eq!(
-            recovery_hash(&key, user, &codes[0]),
-            recovery_hash(&key, user, &codes[0].to_uppercase().replace('-', " "))
-        );
-    }
 }
