@@ -16,6 +16,7 @@ mod hostile;
 mod housekeeping;
 mod instances;
 mod migrations;
+mod oidc;
 mod operator;
 mod proxies;
 mod races;
