@@ -2,6 +2,7 @@
 //! PKCE, consent, tokens and their claims, refresh rotation and theft, userinfo,
 //! revocation, introspection, logout (RP-initiated and back-channel), and races.
 
+mod cli;
 mod errors;
 mod flow;
 mod logout;
