@@ -6,6 +6,7 @@ mod cli;
 mod errors;
 mod flow;
 mod logout;
+mod logs;
 mod races;
 
 use std::collections::HashMap;
