@@ -258,15 +258,6 @@ async fn every_way_a_session_ends_ends_its_tokens() {
         &userinfo(&app.base, tokens["access_token"].as_str().expect("at")).await,
         StatusCode::UNAUTHORIZED,
     );
-    latchkey::auth::operator::sign_out_everywhere(accounts, EMAIL, &origin)
-        .await
-        .expect("sign out");
-    sqlx::query("update users set password_hash = $1 where lower(email) = $2")
-        .bind(app.password_hash(EMAIL).await)
-        .bind(EMAIL)
-        .execute(&app.pool)
-        .await
-        .expect("same hash");
 
     // The operator: `user sign-out`, then `user disable`.
     let browser = app.browser();
