@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use axum::extract::{ConnectInfo, FromRef};
+use axum::extract::ConnectInfo;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
@@ -15,7 +15,6 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
@@ -30,102 +29,39 @@ use tower_sessions::{Expiry, SessionManagerLayer};
 
 use crate::auth::Accounts;
 use crate::config::Config;
-use crate::domain::{Destinations, TrustedProxies};
+
 use crate::keys::Keys;
 use crate::mail::transport::{Transport, mail_from};
 use crate::web::AppError;
 use crate::web::session_store::PgSessionStore;
+pub use crate::web::state::{AppState, CookieNames};
 use crate::{db, store, telemetry, web};
 
-/// Cookie names: `__Host-` prefixed (Secure, whole host, path /) when served over https;
-/// a session cookie on `cookie_domain` is `__Secure-` prefixed instead (`__Host-` forbids
-/// a domain). The CSRF cookie is always host-only.
-#[derive(Debug, Clone, Copy)]
-pub struct CookieNames {
-    pub session: &'static str,
-    pub csrf: &'static str,
-}
-
-impl CookieNames {
-    fn for_config(config: &Config, on_domain: bool) -> CookieNames {
-        if config.is_https() {
-            CookieNames {
-                session: if on_domain {
-                    "__Secure-latchkey_session"
-                } else {
-                    "__Host-latchkey_session"
-                },
-                csrf: "__Host-latchkey_csrf",
-            }
-        } else {
-            CookieNames {
-                session: "latchkey_session",
-                csrf: "latchkey_csrf",
-            }
-        }
-    }
-}
-
-/// What every handler can reach. Cheap to clone. Handlers that need only the account
-/// rules take `State<Accounts>` (through [`FromRef`]).
-#[derive(Clone)]
-pub struct AppState {
-    pub config: Arc<Config>,
-    /// The same pool as `accounts.pool`, for what the web layer asks itself (readiness).
-    pub pool: PgPool,
-    /// The same keys as `accounts.keys` (the web layer signs CSRF tokens with one).
-    pub keys: Arc<Keys>,
-    /// The account rules and what they work with.
-    pub accounts: Accounts,
-    pub metrics: PrometheusHandle,
-    pub cookie_names: CookieNames,
-    /// The session cookie's `Domain` (checked against `public_url` at start-up).
-    pub cookie_domain: Option<String>,
-    /// Where `next` may lead, and the hosts forward auth answers for.
-    pub destinations: Arc<Destinations>,
-    /// Peers whose forwarding headers are believed.
-    pub trusted_proxies: Arc<TrustedProxies>,
-    /// Sign in with latchkey: the OpenID provider's rules.
-    pub oidc: crate::oidc::Provider,
-}
-
-impl FromRef<AppState> for crate::oidc::Provider {
-    fn from_ref(state: &AppState) -> crate::oidc::Provider {
-        state.oidc.clone()
-    }
-}
-
-impl FromRef<AppState> for Accounts {
-    fn from_ref(state: &AppState) -> Accounts {
-        state.accounts.clone()
-    }
-}
-
-impl AppState {
-    pub async fn new(config: Config) -> anyhow::Result<AppState> {
-        // Settings first: a wrong one refuses to start before anything is touched.
-        let cookie_domain = config.cookie_domain()?;
-        let destinations = Arc::new(config.destinations()?);
-        let trusted_proxies = Arc::new(config.trusted_proxies()?);
-        let keys = Arc::new(Keys::load(config.secret_key.as_ref(), config.is_https())?);
-        let pool = db::connect(&config).await?;
-        db::migrate(&pool).await?;
-        let accounts = Accounts::start(&config, pool.clone(), keys.clone())?;
-        let oidc = crate::oidc::Provider::new(&config, accounts.clone());
-        oidc.signer.ensure_keys().await?;
-        Ok(AppState {
-            oidc,
-            cookie_names: CookieNames::for_config(&config, cookie_domain.is_some()),
-            cookie_domain,
-            destinations,
-            trusted_proxies,
-            config: Arc::new(config),
-            pool,
-            keys,
-            accounts,
-            metrics: telemetry::metrics_handle(),
-        })
-    }
+/// Builds the shared state: settings checked first, then the database (created and
+/// migrated), the keys and the account rules.
+pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
+    // Settings first: a wrong one refuses to start before anything is touched.
+    let cookie_domain = config.cookie_domain()?;
+    let destinations = Arc::new(config.destinations()?);
+    let trusted_proxies = Arc::new(config.trusted_proxies()?);
+    let keys = Arc::new(Keys::load(config.secret_key.as_ref(), config.is_https())?);
+    let pool = db::connect(&config).await?;
+    db::prepare_schema(&config, &pool).await?;
+    let accounts = Accounts::start(&config, pool.clone(), keys.clone())?;
+    let oidc = crate::oidc::Provider::new(&config, accounts.clone());
+    oidc.signer.ensure_keys().await?;
+    Ok(AppState {
+        oidc,
+        cookie_names: CookieNames::for_config(&config, cookie_domain.is_some()),
+        cookie_domain,
+        destinations,
+        trusted_proxies,
+        config: Arc::new(config),
+        pool,
+        keys,
+        accounts,
+        metrics: telemetry::metrics_handle(),
+    })
 }
 
 const STYLE_CSS: &str = include_str!("../static/style.css");
@@ -180,7 +116,7 @@ pub fn router(state: AppState) -> Router {
         pages = pages.merge(web::sign_up::router());
     }
     if state.config.dev_mailbox_enabled() {
-        pages = pages.merge(web::dev_mailbox::router());
+        pages = pages.merge(web::dev_mailbox::router(state.clone()));
     }
     let pages = pages
         .merge(web::home::router())
@@ -192,6 +128,11 @@ pub fn router(state: AppState) -> Router {
         .merge(web::password_strength::router())
         .merge(web::oidc::pages_router())
         .layer(session_layer.clone())
+        // The cookie's MAC is checked (and set) here, in front of the session layer.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            web::session_cookie::translate,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             web::session_save_failed,
@@ -200,23 +141,44 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             web::csrf::protect,
         ));
+    // Outermost, so the CSRF check and the session layer both see the request as it
+    // leaves: a shared session cookie counts on these pages only with its host-only
+    // companion (a sibling host can toss the one but not the other).
+    let pages = match state.cookie_domain {
+        Some(_) => pages.layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            web::session_binding::guard,
+        )),
+        None => pages,
+    };
 
     // Relying parties send browsers here (a GET, or a cross-site form POST that carries
-    // no CSRF token): the session, without the CSRF check.
-    let oidc_browser = web::oidc::browser_router().layer(session_layer).layer(
-        axum::middleware::from_fn_with_state(state.clone(), web::session_save_failed),
-    );
+    // no CSRF token): the session, as the pages have it, without the CSRF check.
+    let oidc_browser = web::oidc::browser_router()
+        .layer(session_layer)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            web::session_cookie::translate,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            web::session_save_failed,
+        ));
+    let oidc_browser = match state.cookie_domain {
+        Some(_) => oidc_browser.layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            web::session_binding::guard,
+        )),
+        None => oidc_browser,
+    };
 
+    // `/metrics` is never on this listener (see `metrics_router`).
     let mut app = Router::new()
         .merge(pages)
         .merge(oidc_browser)
         .merge(web::oidc::api_router())
         .merge(web::forward_auth::router())
-        .merge(web::health::router());
-    if state.config.metrics_listen.is_none() {
-        app = app.merge(web::health::metrics_router());
-    }
-    let mut app = app
+        .merge(web::health::router())
         .merge(static_routes())
         .fallback(|| async { AppError::NotFound.into_response() })
         .layer(axum::middleware::from_fn(telemetry::record_http))
@@ -241,7 +203,8 @@ pub fn router(state: AppState) -> Router {
     .with_state(state)
 }
 
-/// `/metrics` alone, for its own listener: nothing else answers there.
+/// `/metrics` and the detailed `/readyz`, for their own listener: nothing else answers
+/// there. Unset `metrics_listen`: not served at all.
 pub fn metrics_router(state: AppState) -> Router {
     web::health::metrics_router()
         .fallback(|| async { AppError::NotFound.into_response() })
@@ -262,7 +225,7 @@ pub struct Server {
 impl Server {
     /// Connects, migrates, starts the mail worker and housekeeping, and serves on `listener`.
     pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Server> {
-        let state = AppState::new(config).await?;
+        let state = build_state(config).await?;
         // After the keys: a generated development key makes `var/` private before the
         // file transport creates `var/mail` inside it.
         let transport = Transport::from_config(&state.config)?;

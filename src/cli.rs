@@ -1,6 +1,6 @@
 //! The command line: `serve` (default), `migrate`, `user create|list|disable|enable|sign-out|
-//! reset-link`, `mail test --to A`, `oidc client add|list|remove|rotate-secret`,
-//! `oidc keys rotate`. The `user` commands call `auth::operator` over an
+//! reset-link|two-factor-off`, `mail test --to A`, `oidc client add|list|remove|
+//! rotate-secret`, `oidc keys rotate`. The `user` commands call `auth::operator` over an
 //! [`Accounts`] built as the server builds it.
 
 use std::io::BufRead;
@@ -19,6 +19,7 @@ use crate::config::Config;
 use crate::keys::Keys;
 use crate::mail::relay::message_for_test;
 use crate::mail::transport::{Transport, mail_from};
+use crate::private_postgres;
 use crate::store::users::AccountSummary;
 use crate::{db, telemetry};
 
@@ -126,6 +127,9 @@ enum MailCommand {
         #[arg(long)]
         to: String,
     },
+    /// Queue again the mail that failed because the relay refused our credentials (run
+    /// it once they are fixed); the running service sends it.
+    Retry,
 }
 
 #[derive(Debug, Subcommand)]
@@ -161,12 +165,34 @@ enum UserCommand {
         #[arg(long)]
         email: String,
     },
+    /// Remove an account's authenticator and recovery codes and end every session of it
+    /// (a lost phone); the owner is told by mail.
+    TwoFactorOff {
+        #[arg(long)]
+        email: String,
+    },
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let config = Config::load()?;
+    let mut config = Config::load()?;
     telemetry::init(&config.log, config.log_format);
-    match cli.command.unwrap_or(Command::Serve) {
+    let command = cli.command.unwrap_or(Command::Serve);
+    // `mail test` needs no database; every other command may use the private cluster.
+    let cluster = match command {
+        Command::Mail { .. } => None,
+        _ => private_postgres::prepare(&mut config).await?,
+    };
+    let result = run_command(config, command).await;
+    if let Some(cluster) = cluster
+        && let Err(err) = cluster.stop().await
+    {
+        tracing::error!("{err:#}");
+    }
+    result
+}
+
+async fn run_command(config: Config, command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Serve => {
             let listener = TcpListener::bind(config.listen)
                 .await
@@ -178,6 +204,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Migrate => {
             let pool = db::connect(&config).await?;
+            anyhow::ensure!(
+                db::probe_pooling(&config).await? == db::Pooling::None,
+                "DATABASE_URL leads to a transaction pooler, where the migrator's \
+                 session-level lock does not hold: point it at Postgres itself to migrate"
+            );
             db::migrate(&pool).await?;
             println!("migrations applied");
             Ok(())
@@ -186,6 +217,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Mail {
             command: MailCommand::Test { to },
         } => mail_test(&config, &to).await,
+        Command::Mail {
+            command: MailCommand::Retry,
+        } => {
+            let pool = db::connect(&config).await?;
+            db::migrate(&pool).await?;
+            let queued = crate::store::outbox::requeue_auth_refused(&pool).await?;
+            println!("mail retry: {queued} message(s) the relay refused queued again");
+            Ok(())
+        }
         Command::Oidc { command } => oidc_command(&config, command).await,
     }
 }
@@ -348,7 +388,7 @@ async fn mail_test(config: &Config, to: &str) -> anyhow::Result<()> {
 async fn accounts(config: &Config) -> anyhow::Result<Accounts> {
     let keys = Arc::new(Keys::load(config.secret_key.as_ref(), config.is_https())?);
     let pool = db::connect(config).await?;
-    db::migrate(&pool).await?;
+    db::prepare_schema(config, &pool).await?;
     Accounts::start(config, pool, keys)
 }
 
@@ -415,6 +455,19 @@ async fn user_command(config: &Config, command: UserCommand) -> anyhow::Result<(
                 user.email, user.id
             );
             println!("{link}");
+        }
+        UserCommand::TwoFactorOff { email } => {
+            let accounts = accounts(config).await?;
+            let (user, ended) = operator::two_factor_off(&accounts, &email, &origin)
+                .await
+                .map_err(failed)?;
+            println!(
+                "two-factor turned off for {} ({}): authenticator and recovery codes removed; \
+                 {ended} {} ended; the owner is told by mail",
+                user.email,
+                user.id,
+                sessions_word(ended)
+            );
         }
     }
     Ok(())

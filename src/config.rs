@@ -19,6 +19,13 @@ const DEFAULTS: &str = include_str!("../config/default.toml");
 #[derive(Debug, Clone, Deserialize)]
 pub struct Config {
     pub database_url: SecretString,
+    /// Whether `DATABASE_URL` (or `database_url` in `config/local.toml`) was given; when it
+    /// was not and nothing answers at the default, a private cluster may be started.
+    #[serde(skip)]
+    pub database_url_configured: bool,
+    /// Where `initdb`, `pg_ctl` and `postgres` are, for the private cluster, when they are
+    /// not where latchkey looks (`pg_config --bindir`, Debian's and Homebrew's places).
+    pub postgres_bindir: Option<PathBuf>,
     pub listen: SocketAddr,
     pub public_url: Url,
     pub smtp_url: Option<SecretString>,
@@ -56,12 +63,15 @@ pub struct Config {
     pub header_read_timeout_secs: u64,
     /// Connections served at once per listener; further ones wait in the accept backlog.
     pub max_connections: usize,
-    /// Serve `/metrics` here instead of on `listen` (where it then answers 404).
+    /// The listener of `/metrics` and the detailed `/readyz`; unset: no metrics are served
+    /// (`/metrics` answers 404 on `listen` either way).
     pub metrics_listen: Option<SocketAddr>,
     /// `open` lets people create their own account (`/sign-up`); `closed` shows none.
     pub sign_up: SignUp,
     /// Domains that may sign up (exact, case-insensitive); empty: any.
     pub sign_up_domains: DomainList,
+    /// `on`: a sign-in from a browser the account has not used before mails its owner.
+    pub new_device_mail: OnOff,
     pub argon2: Argon2Config,
     pub policy: PolicyConfig,
     pub throttle: ThrottleConfig,
@@ -82,6 +92,14 @@ pub enum LogFormat {
 pub enum SignUp {
     Open,
     Closed,
+}
+
+/// A switch: `on` or `off` (anything else is refused when the configuration is read).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OnOff {
+    On,
+    Off,
 }
 
 /// Email domains, lowercased, from a comma-separated list (`example.com, example.org`);
@@ -171,13 +189,43 @@ pub struct SessionConfig {
 
 impl Config {
     /// Defaults, then `config/local.toml` if present, then `DATABASE_URL` and `LATCHKEY_*`.
+    /// Without a configured database, the default address follows libpq's `PGHOST` (a
+    /// host name, not a socket directory) and `PGPORT` when they are set.
     pub fn load() -> anyhow::Result<Config> {
-        Self::figment()
+        let given = Figment::new()
             .merge(Toml::file("config/local.toml"))
             .merge(Env::raw().only(&["DATABASE_URL"]))
-            .merge(Env::prefixed("LATCHKEY_").split("__"))
+            .merge(Env::prefixed("LATCHKEY_").split("__"));
+        let configured = given.contains("database_url");
+        let mut config: Config = Self::figment()
+            .merge(given)
             .extract()
-            .context("reading configuration")
+            .context("reading configuration")?;
+        config.database_url_configured = configured;
+        if !configured {
+            let host = std::env::var("PGHOST")
+                .ok()
+                .filter(|h| !h.is_empty() && !h.starts_with('/'))
+                .unwrap_or_else(|| "127.0.0.1".to_owned());
+            let port = std::env::var("PGPORT")
+                .ok()
+                .and_then(|p| p.parse::<u16>().ok())
+                .unwrap_or(5432);
+            config.database_url = format!("postgres://postgres@{host}:{port}/latchkey").into();
+        }
+        Ok(config)
+    }
+
+    /// `host:port` of the database URL (the default one when nothing is configured).
+    pub fn default_database_address(&self) -> String {
+        use secrecy::ExposeSecret;
+        Url::parse(self.database_url.expose_secret())
+            .ok()
+            .and_then(|url| {
+                let host = url.host_str()?.to_owned();
+                Some(format!("{host}:{}", url.port().unwrap_or(5432)))
+            })
+            .unwrap_or_else(|| "127.0.0.1:5432".to_owned())
     }
 
     /// The built-in defaults alone (tests start from these and override fields).

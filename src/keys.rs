@@ -26,6 +26,12 @@ pub struct Keys {
     pub outbox: [u8; 32],
     /// Seals the OpenID provider's private signing keys in the database.
     pub oidc_signing: [u8; 32],
+    /// Signs the device cookie that tells a browser an account has used before.
+    pub device: [u8; 32],
+    /// Binds a shared-domain session cookie to its host-only companion.
+    pub session_bind: [u8; 32],
+    /// Signs the session id in the session cookie (`web::session_cookie`).
+    pub session: [u8; 32],
 }
 
 impl std::fmt::Debug for Keys {
@@ -56,6 +62,9 @@ impl Keys {
             recovery: subkey(master, b"latchkey recovery codes v1"),
             outbox: subkey(master, b"latchkey outbox v1"),
             oidc_signing: subkey(master, b"latchkey oidc signing keys v1"),
+            device: subkey(master, b"latchkey device cookie v1"),
+            session_bind: subkey(master, b"latchkey session binding v1"),
+            session: subkey(master, b"latchkey session cookie v1"),
         }
     }
 }

@@ -18,6 +18,8 @@ pub mod keys;
 pub mod mail;
 /// Sign in with latchkey: the OpenID Connect provider's rules, beside `auth`.
 pub mod oidc;
+/// A private Postgres cluster under `var/postgres` for a first run with no database set up.
+pub mod private_postgres;
 /// SQL, one module per table.
 pub mod store;
 /// Logging, request spans and metrics.

@@ -471,7 +471,8 @@ pub enum CheckCookie {
     Fixed(String),
     /// No cookie at all.
     None,
-    /// A fresh random, well-formed session id on every check (an attacker's flood).
+    /// A fresh random, well-formed `<id>.<mac>` on every check (an attacker's flood of
+    /// forged cookies).
     Random,
 }
 
@@ -505,10 +506,16 @@ pub async fn hammer_checks(
                     CheckCookie::Fixed(c) => request = request.header(header::COOKIE, c),
                     CheckCookie::None => {}
                     CheckCookie::Random => {
+                        // Shaped like a real cookie (`<id>.<mac>`), so the MAC is computed
+                        // and compared before the forgery is refused.
                         let mut id = [0u8; 16];
+                        let mut mac = [0u8; 32];
                         rand::rngs::OsRng.fill_bytes(&mut id);
-                        let id = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(id);
-                        request = request.header(header::COOKIE, format!("latchkey_session={id}"));
+                        rand::rngs::OsRng.fill_bytes(&mut mac);
+                        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+                        let (id, mac) = (b64.encode(id), b64.encode(mac));
+                        request =
+                            request.header(header::COOKIE, format!("latchkey_session={id}.{mac}"));
                     }
                 }
                 let sent = Instant::now();

@@ -3,6 +3,7 @@
 //! command of the CLI or a forward-auth check calls them the same way.
 
 pub mod change;
+pub mod devices;
 pub mod operator;
 pub mod passwords;
 pub mod reset;
@@ -21,7 +22,9 @@ use std::time::Duration;
 use sqlx::PgPool;
 use tokio_util::task::TaskTracker;
 
-pub use crate::store::audit::Origin;
+pub use crate::store::audit::{EventKind, Origin};
+pub use crate::store::reachability::Unavailable;
+pub use crate::store::users::User;
 
 use crate::config::{Config, ThrottleConfig};
 use crate::domain::password::{NewPassword, PasswordPolicy, PolicyContext, PolicyViolation};
@@ -58,6 +61,8 @@ pub struct AccountSettings {
     pub db_acquire_timeout: Duration,
     /// The domains that may sign up (empty: any).
     pub sign_up_domains: crate::config::DomainList,
+    /// Mail "New sign-in to your account" for a sign-in from a browser not used before.
+    pub new_device_mail: bool,
 }
 
 impl AccountSettings {
@@ -71,6 +76,7 @@ impl AccountSettings {
             session_absolute: Duration::from_secs(config.session.absolute_timeout_secs),
             db_acquire_timeout: Duration::from_millis(config.db_acquire_timeout_ms),
             sign_up_domains: config.sign_up_domains.clone(),
+            new_device_mail: config.new_device_mail == crate::config::OnOff::On,
         }
     }
 }
@@ -201,4 +207,21 @@ pub async fn check_new_password(
     })
     .await
     .map_err(|e| ServiceError::Unexpected(anyhow::anyhow!("checking a new password: {e}")))
+}
+
+/// Whether Postgres answers a trivial query within `within` (readiness; telling an outage
+/// from a bug).
+pub async fn database_answers(accounts: &Accounts, within: Duration) -> bool {
+    crate::store::reachability::ping(&accounts.pool, within).await
+}
+
+/// Whether `err` means the database could not be reached (an outage, answered with 503)
+/// rather than a bug.
+pub fn is_unavailable(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause.is::<Unavailable>()
+            || cause
+                .downcast_ref::<sqlx::Error>()
+                .is_some_and(crate::store::reachability::is_outage)
+    })
 }

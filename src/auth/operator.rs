@@ -9,9 +9,11 @@ use super::{Accounts, Origin, ServiceError};
 use crate::domain::EmailAddress;
 use crate::domain::password::{PolicyContext, PolicyViolation};
 use crate::domain::token::ResetToken;
+use crate::mail::messages;
 use crate::store::audit::{self, EventKind};
 use crate::store::reset_tokens;
 use crate::store::sessions;
+use crate::store::two_factor;
 use crate::store::users::{self, AccountSummary, CreateUserError, User};
 
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +30,8 @@ pub enum OperatorError {
     /// A reset link for a disabled account would do nothing.
     #[error("the account {0} is disabled: enable it first (latchkey user enable --email {0})")]
     Disabled(String),
+    #[error("the account {0} has no two-factor authentication to turn off")]
+    NoTwoFactor(String),
     #[error(transparent)]
     Service(#[from] ServiceError),
 }
@@ -209,4 +213,42 @@ pub async fn reset_link(
         token.expose()
     );
     Ok((user, link))
+}
+
+/// `latchkey user two-factor-off`: for a lost phone, or an account someone else set up
+/// with two-factor. The authenticator and every recovery code go, every session ends
+/// (through the one function that ends sessions), and the owner is told by mail and
+/// under Recent activity — one transaction. Returns the account and how many live
+/// sessions ended.
+pub async fn two_factor_off(
+    accounts: &Accounts,
+    email_input: &str,
+    origin: &Origin,
+) -> Result<(User, u64), OperatorError> {
+    let user = find(accounts, email_input).await?;
+    if !user.has_two_factor() {
+        return Err(OperatorError::NoTwoFactor(user.email.as_str().to_owned()));
+    }
+    let mut tx = accounts.pool.begin().await?;
+    two_factor::disable(&mut tx, user.id).await?;
+    let ended = sessions::delete_for_user(&mut tx, user.id, None).await?;
+    audit::record(
+        &mut *tx,
+        EventKind::TwoFactorRemovedByOperator,
+        Some(user.id),
+        Some(user.email.as_str()),
+        origin,
+        Some(&format!("{ended} sessions")),
+    )
+    .await?;
+    let mail = messages::security_change(
+        user.email.as_str(),
+        &accounts.settings.public_base,
+        EventKind::TwoFactorRemovedByOperator,
+        origin,
+    )?;
+    accounts.outbox.enqueue(&mut tx, &mail).await?;
+    tx.commit().await?;
+    accounts.outbox.notify();
+    Ok((user, ended))
 }

@@ -25,14 +25,27 @@ pub enum HashError {
     Unexpected(#[from] anyhow::Error),
 }
 
-/// The outcome of checking a password against a stored hash.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The outcome of checking a password against a stored hash. Its `Debug` says whether a
+/// rehash is due, never the new hash.
+#[derive(Clone, PartialEq, Eq)]
 pub enum Verified {
     No,
     Yes {
         /// Set when the stored hash used other parameters: store this one instead.
         rehash: Option<String>,
     },
+}
+
+impl std::fmt::Debug for Verified {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Verified::No => f.write_str("No"),
+            Verified::Yes { rehash } => f
+                .debug_struct("Yes")
+                .field("rehash", &rehash.as_ref().map(|_| "[redacted]"))
+                .finish(),
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -300,6 +313,16 @@ mod tests {
 
     fn secret(s: &str) -> SecretString {
         SecretString::from(s.to_owned())
+    }
+
+    #[test]
+    fn debug_of_a_rehash_never_prints_the_new_hash() {
+        let verified = Verified::Yes {
+            rehash: Some("$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".to_owned()),
+        };
+        let printed = format!("{verified:?}");
+        assert!(!printed.contains("argon2id"), "{printed}");
+        assert_eq!(printed, r#"Yes { rehash: Some("[redacted]") }"#);
     }
 
     #[tokio::test]

@@ -6,12 +6,12 @@ use super::set_password::{Replacement, set_password};
 use super::throttle::{IpScope, check_ip};
 use super::two_factor::{self, TwoFactorError};
 use super::{Accounts, Origin, ServiceError};
-use crate::db;
 use crate::domain::EmailAddress;
 use crate::domain::password::{PolicyContext, PolicyViolation};
 use crate::domain::token::ResetToken;
 use crate::mail::messages;
 use crate::store::audit::{self, EventKind};
+use crate::store::reachability::{self, Unavailable};
 use crate::store::reset_tokens::{self, TokenState};
 use crate::store::throttle;
 use crate::store::users;
@@ -41,10 +41,9 @@ pub async fn request_link(
     // The work below happens after the answer, so make sure it can happen at all: with
     // the database out of reach, "check your email" would promise a mail that never comes.
     // The same query runs for every address, so it tells nothing about which have accounts.
-    if !db::ping(&accounts.pool, accounts.settings.db_acquire_timeout).await {
+    if !reachability::ping(&accounts.pool, accounts.settings.db_acquire_timeout).await {
         return Err(ServiceError::Unexpected(
-            anyhow::Error::new(db::Unavailable)
-                .context("checking the database before a reset request"),
+            anyhow::Error::new(Unavailable).context("checking the database before a reset request"),
         )
         .into());
     }
@@ -174,7 +173,7 @@ const CODE_ATTEMPTS_PER_TOKEN: i32 = 5;
 
 /// Sets a new password through a link: token consumed, password stored, every session of
 /// the account deleted, audit event and notification queued — all in one transaction.
-/// Never signs anyone in.
+/// Never signs anyone in. Returns the account's id.
 #[tracing::instrument(skip_all, fields(user_id = tracing::field::Empty))]
 pub async fn complete_reset(
     accounts: &Accounts,
@@ -183,7 +182,7 @@ pub async fn complete_reset(
     confirm: &str,
     totp_code: &str,
     origin: &Origin,
-) -> Result<(), ResetError> {
+) -> Result<uuid::Uuid, ResetError> {
     let user = check_link(accounts, token).await?;
     tracing::Span::current().record("user_id", tracing::field::display(user.id));
     let ctx = PolicyContext {
@@ -244,5 +243,5 @@ pub async fn complete_reset(
     throttle::clear(&mut tx, &user.email_key, false).await?;
     tx.commit().await?;
     accounts.outbox.notify();
-    Ok(())
+    Ok(user.id)
 }

@@ -8,14 +8,15 @@
 
 use secrecy::SecretString;
 
+use super::passwords::Verified;
 use super::throttle::{IpScope, check_ip};
 use super::{Accounts, Origin, ServiceError};
-use crate::db;
 use crate::domain::EmailAddress;
 use crate::domain::password::{PolicyContext, PolicyViolation};
 use crate::domain::token::ResetToken;
 use crate::mail::messages;
 use crate::store::audit::{self, EventKind};
+use crate::store::reachability::{self, Unavailable};
 use crate::store::sign_ups::{self, LinkState};
 use crate::store::users;
 
@@ -95,9 +96,9 @@ pub async fn request_sign_up(
         .map_err(ServiceError::from)?;
     // The work below happens after the answer, so make sure it can happen at all (the
     // same query for every address).
-    if !db::ping(&accounts.pool, accounts.settings.db_acquire_timeout).await {
+    if !reachability::ping(&accounts.pool, accounts.settings.db_acquire_timeout).await {
         return Err(ServiceError::Unexpected(
-            anyhow::Error::new(db::Unavailable).context("checking the database before a sign-up"),
+            anyhow::Error::new(Unavailable).context("checking the database before a sign-up"),
         )
         .into());
     }
@@ -122,10 +123,10 @@ fn domain_of(email: &EmailAddress) -> &str {
 }
 
 /// Queues the sign-up's mail unless the address has had too many this hour: a new
-/// address gets a single-use link (older ones voided), one with an account a note that
-/// it has one. With the address locked, the count, the voiding, the new row and its mail
-/// are one step, so however many requests race, the hourly limit holds and only the
-/// newest link is live.
+/// address gets a single-use link (older ones stay live: each is bound to its own
+/// password), one with an account a note that it has one (a disabled one: to contact the
+/// operator). With the address locked, the count, the new row and its mail are one step,
+/// so however many requests race, the hourly limit holds.
 #[tracing::instrument(skip_all)]
 pub async fn record_request(
     accounts: &Accounts,
@@ -152,7 +153,12 @@ pub async fn record_request(
         Some(user) => {
             sign_ups::record_existing(&mut tx, email.as_str(), &key, ttl, origin.ip.as_deref())
                 .await?;
-            messages::sign_up_existing(user.email.as_str(), &accounts.settings.public_base, origin)?
+            messages::sign_up_existing(
+                user.email.as_str(),
+                user.is_disabled(),
+                &accounts.settings.public_base,
+                origin,
+            )?
         }
         None => {
             let token = ResetToken::generate();
@@ -197,6 +203,10 @@ pub enum ConfirmError {
     /// the link is used up and nothing was created.
     #[error("the address already has an account")]
     AlreadyHasAccount,
+    /// Not the password chosen with the link: nothing changed, and the link stays
+    /// usable (until its fifth wrong password).
+    #[error("the password is not the one chosen at sign-up")]
+    WrongPassword,
     #[error(transparent)]
     Service(#[from] ServiceError),
 }
@@ -234,20 +244,27 @@ pub async fn check_link(accounts: &Accounts, token: &str) -> Result<String, Conf
     }
 }
 
-/// Confirms a sign-up: the link consumed, the account created with the password chosen
-/// at the request, and "account created" audited — one transaction. Never signs anyone
-/// in. Returns the new account's id.
+/// Wrong passwords a sign-up link survives; the fifth voids it.
+pub const MAX_CONFIRM_FAILURES: i32 = 5;
+
+/// Confirms a sign-up with the password chosen at the request: the link consumed, every
+/// other link for the address voided, the account created with that password, and
+/// "account created" audited — one transaction, with the link's row locked, so
+/// confirmations of one link run one after another. A wrong password is counted (the
+/// fifth voids the link) and changes nothing else. Never signs anyone in. Returns the
+/// new account's id.
 #[tracing::instrument(skip_all, fields(user_id = tracing::field::Empty))]
 pub async fn confirm_sign_up(
     accounts: &Accounts,
     token: &str,
+    password: &str,
     origin: &Origin,
 ) -> Result<uuid::Uuid, ConfirmError> {
     let digest = ResetToken::parse(token)
         .ok_or(ConfirmError::Link(LinkProblem::Invalid))?
         .digest();
     let mut tx = accounts.pool.begin().await?;
-    let Some(consumed) = sign_ups::consume(&mut tx, &digest).await? else {
+    let Some(pending) = sign_ups::lock_live(&mut tx, &digest).await? else {
         let state = sign_ups::peek(&mut *tx, &digest).await?;
         // Usable here means it was consumed and released between the two statements,
         // which a committed consume never is: treat it as used.
@@ -255,7 +272,25 @@ pub async fn confirm_sign_up(
             problem(state).unwrap_or(LinkProblem::Used),
         ));
     };
-    let Some(user_id) = sign_ups::create_account(&mut tx, &consumed).await? else {
+    let verified = accounts
+        .hasher
+        .verify(
+            SecretString::from(password.to_owned()),
+            Some(pending.password_hash.clone()),
+        )
+        .await
+        .map_err(ServiceError::from)?;
+    if !matches!(verified, Verified::Yes { .. }) {
+        let failures = sign_ups::record_failure(&mut tx, pending.id, MAX_CONFIRM_FAILURES).await?;
+        tx.commit().await?;
+        return Err(if failures >= MAX_CONFIRM_FAILURES {
+            ConfirmError::Link(LinkProblem::Used)
+        } else {
+            ConfirmError::WrongPassword
+        });
+    }
+    sign_ups::consume(&mut tx, &pending).await?;
+    let Some(user_id) = sign_ups::create_account(&mut tx, &pending).await? else {
         // The link is spent either way: it can never make a second account.
         tx.commit().await?;
         return Err(ConfirmError::AlreadyHasAccount);
@@ -265,7 +300,7 @@ pub async fn confirm_sign_up(
         &mut *tx,
         EventKind::AccountCreated,
         Some(user_id),
-        Some(&consumed.email),
+        Some(&pending.email),
         origin,
         Some("signed up"),
     )

@@ -8,8 +8,9 @@ use super::hosts::{AllowedHosts, is_ascii_host};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SafeNext(String);
 
-/// Longest absolute URL kept (a path keeps the older, shorter limit).
-const MAX_URL_LEN: usize = 2048;
+/// Longest absolute URL kept (a path keeps the older, shorter limit): a request target
+/// of 8 KiB (what the shipped proxy files let through) plus its scheme and host.
+pub const MAX_URL_LEN: usize = 8 * 1024 + 512;
 
 impl SafeNext {
     /// A same-site path only. `None` for anything that could leave the site: absolute

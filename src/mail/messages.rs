@@ -147,7 +147,8 @@ struct SecurityChangeHtml<'a> {
     at: &'a Circumstances,
 }
 
-/// Two-factor turned on or off, or new recovery codes: when, from where, what to do.
+/// Two-factor turned on or off (by the owner or an operator), new recovery codes, or a
+/// sign-in from a new browser: when, from where, what to do.
 pub fn security_change(
     to: &str,
     public_base: &str,
@@ -162,6 +163,14 @@ pub fn security_change(
         EventKind::TwoFactorDisabled => (
             "Two-factor authentication is off for your latchkey account",
             "Two-factor authentication was turned off",
+        ),
+        EventKind::TwoFactorRemovedByOperator => (
+            "An administrator turned off two-factor authentication for your latchkey account",
+            "An administrator removed your authenticator and recovery codes and signed out every session",
+        ),
+        EventKind::NewDeviceSignIn => (
+            "New sign-in to your account",
+            "Someone signed in from a browser not used before",
         ),
         _ => (
             "New recovery codes for your latchkey account",
@@ -246,6 +255,7 @@ pub fn sign_up(
 #[derive(Template)]
 #[template(path = "email/sign_up_existing/text.txt")]
 struct SignUpExistingText<'a> {
+    disabled: bool,
     sign_in_link: &'a str,
     forgot_link: &'a str,
     at: &'a Circumstances,
@@ -254,15 +264,19 @@ struct SignUpExistingText<'a> {
 #[derive(Template)]
 #[template(path = "email/sign_up_existing/html.html")]
 struct SignUpExistingHtml<'a> {
+    disabled: bool,
     sign_in_link: &'a str,
     forgot_link: &'a str,
     at: &'a Circumstances,
 }
 
 /// "You already have a latchkey account": someone tried to sign up with an address that
-/// has one. Links to sign in and to reset the password; no token, nothing created.
+/// has one. Links to sign in and to reset the password; no token, nothing created. For a
+/// disabled account (which neither a sign-in nor a reset would help) it says to contact
+/// the operator instead.
 pub fn sign_up_existing(
     to: &str,
+    disabled: bool,
     public_base: &str,
     origin: &Origin,
 ) -> anyhow::Result<OutgoingMail> {
@@ -274,6 +288,7 @@ pub fn sign_up_existing(
         to: to.to_owned(),
         subject: "You already have a latchkey account".to_owned(),
         text: SignUpExistingText {
+            disabled,
             sign_in_link,
             forgot_link,
             at: &at,
@@ -282,6 +297,7 @@ pub fn sign_up_existing(
         .context("rendering the existing-account mail")?,
         html: Some(
             SignUpExistingHtml {
+                disabled,
                 sign_in_link,
                 forgot_link,
                 at: &at,

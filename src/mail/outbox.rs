@@ -231,8 +231,11 @@ async fn deliver_next(
                 "mail delivery failed for good"
             );
             // Nobody will send these bodies any more; a reset link in them must not linger.
-            // The row stays, with its reason, for the operator (`status = 'failed'`).
-            store::mark_failed(&mut tx, id, failed_attempts, &error, class).await?;
+            // The row stays, with its reason, for the operator (`status = 'failed'`). An
+            // AUTH refusal is the operator's to fix: its sealed body waits for
+            // `latchkey mail retry`.
+            let keep = class == "auth_refused";
+            store::mark_failed(&mut tx, id, failed_attempts, &error, class, keep).await?;
         }
     }
 

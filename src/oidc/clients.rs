@@ -9,7 +9,8 @@ use subtle::ConstantTimeEq;
 
 use super::{Opaque, Provider, SigningAlg};
 use crate::auth::{ServiceError, throttle};
-use crate::store::oidc_clients::{self, Client, NewClient};
+pub use crate::store::oidc_clients::Client;
+use crate::store::oidc_clients::{self, NewClient};
 
 /// What `oidc client add` asks for.
 #[derive(Debug, Clone, Default)]

@@ -27,6 +27,10 @@ pub enum EventKind {
     /// An operator's `latchkey user reset-link`.
     ResetLinkByOperator,
     AccountCreated,
+    /// An operator's `latchkey user two-factor-off`.
+    TwoFactorRemovedByOperator,
+    /// A sign-in from a browser the account had not used before (its owner was mailed).
+    NewDeviceSignIn,
 }
 
 impl EventKind {
@@ -47,6 +51,8 @@ impl EventKind {
             EventKind::SignedOutByOperator => "signed_out_by_operator",
             EventKind::ResetLinkByOperator => "reset_link_by_operator",
             EventKind::AccountCreated => "account_created",
+            EventKind::TwoFactorRemovedByOperator => "two_factor_removed_by_operator",
+            EventKind::NewDeviceSignIn => "new_device_sign_in",
         }
     }
 
@@ -68,6 +74,10 @@ impl EventKind {
             "signed_out_by_operator" => "An administrator signed out every session",
             "reset_link_by_operator" => "An administrator created a reset link",
             "account_created" => "Account created",
+            "two_factor_removed_by_operator" => {
+                "An administrator removed two-factor authentication and signed out every session"
+            }
+            "new_device_sign_in" => "Signed in from a new browser",
             _ => "Security event",
         }
     }

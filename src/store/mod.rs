@@ -3,6 +3,7 @@
 //! of a sign-in needs across tables.
 
 pub mod audit;
+pub mod devices;
 pub mod housekeeping;
 pub mod oidc_clients;
 pub mod oidc_consents;
@@ -11,6 +12,7 @@ pub mod oidc_keys;
 pub mod oidc_logout;
 pub mod oidc_requests;
 pub mod outbox;
+pub mod reachability;
 pub mod reset_tokens;
 pub mod sessions;
 pub mod sign_in;

@@ -108,8 +108,11 @@ pub async fn schedule_retry(
     Ok(())
 }
 
-/// Given up for good: the row stays, with its reason, for the operator; its bodies go
-/// (a reset link in them must not linger).
+/// Given up: the row stays, with its reason, for the operator. Its bodies go (a reset
+/// link in them must not linger) unless `keep_sealed_body`: a refusal the operator can
+/// fix (the relay refused our credentials) keeps the sealed body, so `latchkey mail
+/// retry` can send it once the credentials are right; housekeeping deletes it after a
+/// week either way.
 #[tracing::instrument(skip(conn, error))]
 pub async fn mark_failed(
     conn: &mut PgConnection,
@@ -117,17 +120,20 @@ pub async fn mark_failed(
     attempts: i32,
     error: &str,
     class: &str,
+    keep_sealed_body: bool,
 ) -> anyhow::Result<()> {
     sqlx::query!(
         "update outbox
          set status = 'failed', attempts = $2, last_error = $3, last_error_class = $4,
              last_error_at = clock_timestamp(),
-             text_body = null, html_body = null, body_enc = null
+             text_body = null, html_body = null,
+             body_enc = case when $5 then body_enc else null end
          where id = $1",
         id,
         attempts,
         error,
         class,
+        keep_sealed_body,
     )
     .execute(conn)
     .await
@@ -163,4 +169,19 @@ pub async fn backlog(pool: &PgPool) -> anyhow::Result<Backlog> {
     .fetch_one(pool)
     .await
     .context("reading the outbox backlog")
+}
+
+/// `latchkey mail retry`: mail that failed because the relay refused our credentials
+/// (and kept its sealed body) is queued again, to be sent at once. Returns how many.
+#[tracing::instrument(skip_all)]
+pub async fn requeue_auth_refused(pool: &PgPool) -> anyhow::Result<u64> {
+    Ok(sqlx::query!(
+        "update outbox
+         set status = 'pending', attempts = 0, next_attempt_at = now()
+         where status = 'failed' and last_error_class = 'auth_refused' and body_enc is not null"
+    )
+    .execute(pool)
+    .await
+    .context("re-queueing mail the relay refused")?
+    .rows_affected())
 }

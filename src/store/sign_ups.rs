@@ -38,7 +38,9 @@ pub async fn count_recent<'e>(
     .context("counting recent sign-ups")
 }
 
-/// A new pending sign-up; every older live link for the address is voided.
+/// A new pending sign-up. Older live links for the address stay live: each is bound to
+/// the password chosen with it, so a stranger's request cannot take the address's
+/// owner's link away; the first one confirmed voids the others.
 #[tracing::instrument(skip(conn, email, email_key, token_hash, password_hash))]
 pub async fn insert(
     conn: &mut PgConnection,
@@ -49,14 +51,6 @@ pub async fn insert(
     ttl_secs: u64,
     requested_ip: Option<&str>,
 ) -> anyhow::Result<()> {
-    sqlx::query!(
-        "update sign_ups set used_at = now()
-         where email_key = $1 and used_at is null and token_hash is not null",
-        email_key,
-    )
-    .execute(&mut *conn)
-    .await
-    .context("voiding an address's older sign-up links")?;
     sqlx::query!(
         "insert into sign_ups (email, email_key, token_hash, password_hash, expires_at, requested_ip)
          values ($1, $2, $3, $4, now() + make_interval(secs => $5), $6)",
@@ -127,34 +121,74 @@ pub async fn peek<'e>(
     })
 }
 
-/// What a consumed sign-up holds: the account to create.
-pub struct Consumed {
+/// What a live sign-up link holds: the account to create, and the password it is bound to.
+pub struct Pending {
+    pub id: i64,
     pub email: String,
     pub email_key: String,
     pub password_hash: String,
 }
 
-/// Marks the link used if, and only if, it is unused and unexpired, and returns what it
-/// held; the one statement makes two concurrent confirmations give exactly one.
+/// The link's row, locked until the transaction ends, if it is unused and unexpired:
+/// confirmations of one link run one after another, so each wrong password is counted
+/// before the next is checked, and only one confirmation can consume it.
 #[tracing::instrument(skip_all)]
-pub async fn consume(
+pub async fn lock_live(
     conn: &mut PgConnection,
     token_hash: &[u8],
-) -> anyhow::Result<Option<Consumed>> {
+) -> anyhow::Result<Option<Pending>> {
     let row = sqlx::query!(
-        r#"update sign_ups set used_at = now()
+        r#"select id, email, email_key, password_hash as "password_hash!" from sign_ups
          where token_hash = $1 and used_at is null and expires_at > now()
-         returning email, email_key, password_hash as "password_hash!""#,
+         for update"#,
         token_hash,
     )
     .fetch_optional(conn)
     .await
-    .context("consuming a sign-up link")?;
-    Ok(row.map(|row| Consumed {
+    .context("locking a sign-up link")?;
+    Ok(row.map(|row| Pending {
+        id: row.id,
         email: row.email,
         email_key: row.email_key,
         password_hash: row.password_hash,
     }))
+}
+
+/// Counts a wrong password against a locked link; at `max_failures` the link is void.
+/// Returns how many wrong passwords it has had.
+#[tracing::instrument(skip(conn))]
+pub async fn record_failure(
+    conn: &mut PgConnection,
+    id: i64,
+    max_failures: i32,
+) -> anyhow::Result<i32> {
+    sqlx::query_scalar!(
+        "update sign_ups set failed_attempts = failed_attempts + 1,
+             used_at = case when failed_attempts + 1 >= $2 then now() else used_at end
+         where id = $1
+         returning failed_attempts",
+        id,
+        max_failures,
+    )
+    .fetch_one(conn)
+    .await
+    .context("counting a wrong sign-up password")
+}
+
+/// Consumes a locked link and voids every other live link for its address: the first
+/// confirmed link makes the account.
+#[tracing::instrument(skip_all)]
+pub async fn consume(conn: &mut PgConnection, pending: &Pending) -> anyhow::Result<()> {
+    sqlx::query!(
+        "update sign_ups set used_at = now()
+         where (id = $1 or email_key = $2) and used_at is null",
+        pending.id,
+        pending.email_key,
+    )
+    .execute(conn)
+    .await
+    .context("consuming a sign-up link")?;
+    Ok(())
 }
 
 /// Creates the account a consumed sign-up holds; `None` when the address already has
@@ -162,7 +196,7 @@ pub async fn consume(
 #[tracing::instrument(skip_all)]
 pub async fn create_account(
     conn: &mut PgConnection,
-    consumed: &Consumed,
+    consumed: &Pending,
 ) -> anyhow::Result<Option<Uuid>> {
     sqlx::query_scalar!(
         "insert into users (email, email_key, password_hash) values ($1, $2, $3)

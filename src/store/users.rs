@@ -7,7 +7,9 @@ use uuid::Uuid;
 
 use crate::domain::EmailAddress;
 
-#[derive(Debug, Clone)]
+/// An account. Its `Debug` leaves the password hash out: one `?user` in a log line must not
+/// print what an offline guesser would start from.
+#[derive(Clone)]
 pub struct User {
     pub id: Uuid,
     pub email: EmailAddress,
@@ -19,6 +21,20 @@ pub struct User {
     pub totp_enabled_at: Option<OffsetDateTime>,
     /// Set while an operator has the account disabled (`latchkey user disable`).
     pub disabled_at: Option<OffsetDateTime>,
+}
+
+impl std::fmt::Debug for User {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("User")
+            .field("id", &self.id)
+            .field("email", &self.email)
+            .field("password_hash", &"[redacted]")
+            .field("password_changed_at", &self.password_changed_at)
+            .field("created_at", &self.created_at)
+            .field("totp_enabled_at", &self.totp_enabled_at)
+            .field("disabled_at", &self.disabled_at)
+            .finish_non_exhaustive()
+    }
 }
 
 impl User {
@@ -265,4 +281,32 @@ pub async fn set_disabled(
     .await
     .context("disabling or enabling an account")?;
     Ok(row.map(User::from))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_prints_the_password_hash() {
+        let hash = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaGhhc2g";
+        let user = User {
+            id: Uuid::nil(),
+            email: EmailAddress::parse("ada@example.com").expect("a valid address"),
+            email_key: "ada@example.com".to_owned(),
+            password_hash: hash.to_owned(),
+            password_changed_at: OffsetDateTime::UNIX_EPOCH,
+            created_at: OffsetDateTime::UNIX_EPOCH,
+            totp_enabled_at: None,
+            disabled_at: None,
+        };
+        let printed = format!("{user:?} {user:#?}");
+        assert!(!printed.contains("argon2id"), "{printed}");
+        assert!(!printed.contains("c2FsdHNhbHRzYWx0"), "{printed}");
+        assert!(printed.contains("[redacted]"));
+        assert!(
+            printed.contains("ada@example.com"),
+            "the rest is still useful: {printed}"
+        );
+    }
 }

@@ -17,9 +17,9 @@ use rand::rngs::OsRng;
 use sha2::Sha256;
 use tower_sessions::session::Id;
 
-use super::session_store;
+use super::AppState;
 use super::{AppError, AuthSession};
-use crate::app::AppState;
+use super::{session_cookie, session_store};
 
 /// Largest request body read; larger ones answer 413.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
@@ -66,9 +66,7 @@ fn token_matches(key: &[u8; 32], nonce: &[u8], session: Option<&Id>, token: &str
 /// check runs outside the session layer. A cookie that is not a session id names none
 /// (the session layer ignores it too).
 fn session_in(state: &AppState, headers: &HeaderMap) -> Option<Id> {
-    CookieJar::from_headers(headers)
-        .get(state.cookie_names.session)
-        .and_then(|c| c.value().parse::<Id>().ok())
+    session_cookie::id_in(state, headers)
 }
 
 impl FromRequestParts<AppState> for CsrfToken {

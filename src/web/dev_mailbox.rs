@@ -11,15 +11,63 @@ use axum::routing::get;
 use time::OffsetDateTime;
 
 use super::AppError;
+use super::AppState;
 use super::pages::{self, Layout};
-use crate::app::AppState;
 use crate::mail::mailbox;
 
-pub fn router() -> Router<AppState> {
+pub fn router(state: AppState) -> Router<AppState> {
     Router::new()
         .route("/dev/mailbox", get(list))
         .route("/dev/mailbox/{name}", get(show))
         .route("/dev/mailbox/{name}/html", get(show_html))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state,
+            only_this_machine,
+        ))
+}
+
+/// The mailbox holds live reset links: it answers only a browser on this machine that
+/// asked for `public_url`'s own host. A peer elsewhere (`LATCHKEY_LISTEN=0.0.0.0`) or a
+/// page on another site whose name was rebound to 127.0.0.1 (its requests carry that
+/// site's `Host`) gets the same 404 as when there is no mailbox at all.
+async fn only_this_machine(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let peer_is_loopback = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .is_some_and(|axum::extract::ConnectInfo(addr)| addr.ip().to_canonical().is_loopback());
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok());
+    if peer_is_loopback && host.is_some_and(|host| is_public_host(&state.config.public_url, host)) {
+        next.run(request).await
+    } else {
+        tracing::info!("dev mailbox refused: not a loopback peer asking for public_url's host");
+        AppError::NotFound.into_response()
+    }
+}
+
+/// Whether a `Host` header names `public_url`'s host and port.
+fn is_public_host(public_url: &url::Url, host: &str) -> bool {
+    let Some(want_host) = public_url.host_str() else {
+        return false;
+    };
+    let Some(want_port) = public_url.port_or_known_default() else {
+        return false;
+    };
+    let (name, port) = match host.rsplit_once(':') {
+        // An IPv6 literal without a port ends in `]`.
+        Some((name, port)) if !port.contains(']') => match port.parse::<u16>() {
+            Ok(port) => (name, port),
+            Err(_) => return false,
+        },
+        _ => (host, 80),
+    };
+    name.eq_ignore_ascii_case(want_host) && port == want_port
 }
 
 struct Row {

@@ -37,12 +37,7 @@ impl From<ServiceError> for AppError {
 
 /// A database that cannot be reached is an outage (503), not a bug (500).
 fn is_unavailable(err: &anyhow::Error) -> bool {
-    err.chain().any(|cause| {
-        cause.is::<crate::db::Unavailable>()
-            || cause
-                .downcast_ref::<sqlx::Error>()
-                .is_some_and(crate::db::is_outage)
-    })
+    crate::auth::is_unavailable(err)
 }
 
 impl IntoResponse for AppError {

@@ -9,10 +9,10 @@ use axum::response::Response;
 use axum::routing::get;
 use serde::Deserialize;
 
+use super::AppState;
 use super::csrf::CsrfToken;
 use super::pages::{self, Errors, Layout};
 use super::{AppError, ClientOrigin, WebForm};
-use crate::app::AppState;
 use crate::auth::reset::{RequestLinkError, request_link};
 
 pub fn router() -> Router<AppState> {

@@ -12,13 +12,11 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum_extra::extract::cookie::CookieJar;
 use serde::Serialize;
-use tower_sessions::session::Id;
 
 use super::AppError;
-use super::session_store;
-use crate::app::AppState;
+use super::AppState;
+use super::{session_cookie, session_store};
 use crate::auth::session::{Identity, authenticate};
 use crate::domain::next::UrlRefused;
 
@@ -31,6 +29,8 @@ pub fn router() -> Router<AppState> {
 
 const REMOTE_USER: HeaderName = HeaderName::from_static("remote-user");
 const REMOTE_EMAIL: HeaderName = HeaderName::from_static("remote-email");
+const REMOTE_NAME: HeaderName = HeaderName::from_static("remote-name");
+const REMOTE_GROUPS: HeaderName = HeaderName::from_static("remote-groups");
 
 /// Why a check gets no answer about the session.
 enum Refusal {
@@ -82,6 +82,22 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
+/// A header that carries (part of) a URL, with bytes beyond ASCII percent-encoded: a
+/// proxy passes a request target's raw UTF-8 on, and it is still the same URL. Control
+/// characters stay, for the URL check to refuse.
+fn header_url(headers: &HeaderMap, name: &str) -> Option<String> {
+    let bytes = headers.get(name)?.as_bytes();
+    let mut url = String::with_capacity(bytes.len());
+    for &b in bytes {
+        if b.is_ascii() {
+            url.push(char::from(b));
+        } else {
+            url.push_str(&format!("%{b:02X}"));
+        }
+    }
+    Some(url)
+}
+
 /// The original URL, checked: malformed → 400, a host latchkey does not protect → 403.
 fn checked_original(state: &AppState, url: Option<String>) -> Result<String, Refusal> {
     let url = url.ok_or(Refusal::Malformed)?;
@@ -97,10 +113,8 @@ async fn identity(
     state: &AppState,
     headers: &HeaderMap,
 ) -> Result<Option<Arc<Identity>>, AppError> {
-    let Some(id) = CookieJar::from_headers(headers)
-        .get(state.cookie_names.session)
-        .and_then(|c| c.value().parse::<Id>().ok())
-    else {
+    // A cookie that is not one of ours is refused here, before any read.
+    let Some(id) = session_cookie::id_in(state, headers) else {
         return Ok(None);
     };
     let digest = session_store::digest(&id);
@@ -116,8 +130,13 @@ fn signed_in(identity: &Identity) -> Response {
     }
     // Addresses may hold UTF-8 (obs-text in a header value); never a control character.
     if let Ok(email) = HeaderValue::from_bytes(identity.email.as_str().as_bytes()) {
+        // Accounts have no display name yet: the name is the address.
+        headers.insert(REMOTE_NAME, email.clone());
         headers.insert(REMOTE_EMAIL, email);
     }
+    // Empty until accounts have groups; always sent, so a proxy that copies it replaces
+    // whatever a client put there.
+    headers.insert(REMOTE_GROUPS, HeaderValue::from_static(""));
     no_store(response)
 }
 
@@ -141,7 +160,7 @@ async fn auth_request(
     if let Err(refusal) = require_trusted_peer(&state, peer) {
         return Ok(refusal.into_response());
     }
-    let original = header_str(&headers, "x-original-url").map(str::to_owned);
+    let original = header_url(&headers, "x-original-url");
     let original = match checked_original(&state, original) {
         Ok(original) => original,
         Err(refusal) => return Ok(refusal.into_response()),
@@ -167,10 +186,11 @@ async fn forward_auth(
     if let Err(refusal) = require_trusted_peer(&state, peer) {
         return Ok(refusal.into_response());
     }
+    let uri = header_url(&headers, "x-forwarded-uri");
     let original = match (
         header_str(&headers, "x-forwarded-proto"),
         header_str(&headers, "x-forwarded-host"),
-        header_str(&headers, "x-forwarded-uri"),
+        uri.as_deref(),
     ) {
         (Some(proto), Some(host), Some(uri)) if uri.starts_with('/') => {
             Some(format!("{proto}://{host}{uri}"))

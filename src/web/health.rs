@@ -1,4 +1,8 @@
 //! `/healthz` (the process runs), `/readyz` (Postgres answers), `/metrics` (Prometheus).
+//!
+//! The public listener says only "ready" or not: counters and outbox figures move with
+//! every mail sent, so reading them after a forgot-password request tells an outsider
+//! whether the address has an account. They are served on the metrics listener alone.
 
 use std::time::Duration;
 
@@ -8,8 +12,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-use crate::app::AppState;
-use crate::db;
+use super::AppState;
 use crate::mail::outbox::{Backlog, backlog};
 
 pub fn router() -> Router<AppState> {
@@ -18,15 +21,26 @@ pub fn router() -> Router<AppState> {
         .route("/readyz", get(ready))
 }
 
-/// `/metrics`: merged into the main router, or served alone on `metrics_listen`.
+/// `/metrics` and the detailed `/readyz`, served only on `metrics_listen`.
 pub fn metrics_router() -> Router<AppState> {
-    Router::new().route("/metrics", get(metrics))
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/readyz", get(detailed_ready))
 }
 
-/// 200 while Postgres answers, whatever the mail relay does; the body adds the outbox's
-/// figures so a stuck outbox shows without reading logs.
+/// 200 while Postgres answers, whatever the mail relay does; nothing more.
 async fn ready(State(state): State<AppState>) -> impl IntoResponse {
-    if !db::ping(&state.pool, Duration::from_secs(2)).await {
+    if crate::auth::database_answers(&state.accounts, Duration::from_secs(2)).await {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n")
+    }
+}
+
+/// The metrics listener's readiness: the body adds the outbox's figures so a stuck
+/// outbox shows without reading logs.
+async fn detailed_ready(State(state): State<AppState>) -> impl IntoResponse {
+    if !crate::auth::database_answers(&state.accounts, Duration::from_secs(2)).await {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             "database unavailable\n".to_owned(),

@@ -6,10 +6,10 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::get;
 
+use super::AppState;
 use super::CurrentUser;
 use super::csrf::CsrfToken;
 use super::pages::{self, Layout};
-use crate::app::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/", get(show))

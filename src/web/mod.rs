@@ -3,6 +3,7 @@
 
 pub mod csrf;
 pub mod dev_mailbox;
+pub mod device;
 pub mod error;
 pub mod forgot_password;
 pub mod forward_auth;
@@ -14,10 +15,13 @@ pub mod pages;
 pub mod password_strength;
 pub mod reset_password;
 pub mod session;
+pub mod session_binding;
+pub mod session_cookie;
 pub mod session_store;
 pub mod settings_security;
 pub mod sign_in;
 pub mod sign_up;
+pub mod state;
 pub mod two_factor;
 
 use std::net::SocketAddr;
@@ -34,12 +38,10 @@ use tower_sessions::Session;
 
 pub use error::AppError;
 pub use session::AuthSession;
+pub use state::AppState;
 
-use crate::app::AppState;
 use crate::auth::Origin;
 use crate::auth::session::{SessionHolder, current_user};
-use crate::db;
-use crate::store::users;
 
 /// The client's IP and user agent, for audit events and the sessions list.
 pub struct ClientOrigin(pub Origin);
@@ -100,7 +102,7 @@ impl FromRequestParts<AppState> for AuthSession {
 
 /// A signed-in person. Pages that take it send everyone else to sign in, and back after.
 pub struct CurrentUser {
-    pub user: users::User,
+    pub user: crate::auth::User,
     pub session: AuthSession,
 }
 
@@ -203,10 +205,12 @@ pub async fn session_save_failed(
     {
         return response;
     }
-    let err = if db::ping(&state.pool, std::time::Duration::from_secs(2)).await {
+    let err = if crate::auth::database_answers(&state.accounts, std::time::Duration::from_secs(2))
+        .await
+    {
         anyhow::anyhow!("the session could not be saved")
     } else {
-        anyhow::Error::new(db::Unavailable).context("saving the session")
+        anyhow::Error::new(crate::auth::Unavailable).context("saving the session")
     };
     AppError::Unexpected(err).into_response()
 }

@@ -23,15 +23,15 @@ use serde::Deserialize;
 
 use super::csrf::CsrfToken;
 use super::pages::{self, ErrorPage, Layout};
+use super::state::AppState;
 use super::{AppError, ClientOrigin, CurrentUser, WebForm};
-use crate::app::AppState;
 use crate::auth::session as sessions;
 use crate::oidc::authorize::{self, Params, Refusal, SessionView, Step};
+use crate::oidc::clients::Client;
 use crate::oidc::clients::{self, ClientAuthError, Credentials};
 use crate::oidc::logout::{self, EndSession, EndSessionRequest, LogoutTarget};
 use crate::oidc::tokens::{self, TokenError};
 use crate::oidc::{Provider, SigningAlg};
-use crate::store::oidc_clients::Client;
 
 /// Paths relying parties find through discovery.
 pub const AUTHORIZE: &str = "/oidc/authorize";

@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
 use super::AppError;
+use super::AppState;
 use super::{CurrentUser, WebForm};
-use crate::app::AppState;
 use crate::domain::password::{self, PolicyContext};
 
 pub fn router() -> Router<AppState> {

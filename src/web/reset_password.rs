@@ -10,13 +10,14 @@ use axum::routing::get;
 use serde::Deserialize;
 
 use super::AppError;
+use super::AppState;
 use super::csrf::CsrfToken;
+use super::device::PresentedDevice;
 use super::pages::{self, Errors, Layout};
 use super::{ClientOrigin, WebForm};
-use crate::app::AppState;
+use crate::auth::User;
 use crate::auth::reset::{ResetError, TokenProblem, check_link, complete_reset};
 use crate::domain::password::PolicyViolation;
-use crate::store::users::User;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/reset-password", get(show).post(submit))
@@ -132,6 +133,7 @@ async fn submit(
     State(state): State<AppState>,
     csrf: CsrfToken,
     ClientOrigin(origin): ClientOrigin,
+    device: PresentedDevice,
     WebForm(form): WebForm<ResetForm>,
 ) -> Result<Response, AppError> {
     match complete_reset(
@@ -144,7 +146,11 @@ async fn submit(
     )
     .await
     {
-        Ok(()) => Ok(Redirect::to("/sign-in?notice=password-reset").into_response()),
+        Ok(user_id) => {
+            // This browser just proved the mailbox: its next sign-in is no news.
+            let to = Redirect::to("/sign-in?notice=password-reset").into_response();
+            Ok(super::device::proved_mailbox(&state, device, user_id, to).await)
+        }
         Err(ResetError::Token(problem)) => Ok(link_problem(problem)),
         Err(ResetError::Policy(violation)) => {
             form_with_errors(&state, &csrf.0, form.token, policy_errors(&violation)).await

@@ -7,9 +7,9 @@ use uuid::Uuid;
 
 use super::session_store::{self, is_unavailable};
 use crate::auth::Origin;
+use crate::auth::User;
 use crate::auth::session::{PendingSecondStep, SignInMethod, SignedIn, password_stamp};
 use crate::domain::SessionDigest;
-use crate::store::users::User;
 
 const USER_ID: &str = "user_id";
 const IP: &str = "ip";
@@ -37,7 +37,7 @@ fn store_error(e: tower_sessions::session::Error) -> anyhow::Error {
     match e {
         // An outage answers 503 like every other query that cannot reach the database.
         tower_sessions::session::Error::Store(store) if is_unavailable(&store) => {
-            anyhow::Error::new(crate::db::Unavailable).context(format!("session store: {store}"))
+            anyhow::Error::new(crate::auth::Unavailable).context(format!("session store: {store}"))
         }
         other => anyhow::anyhow!("session store: {other}"),
     }

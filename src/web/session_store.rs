@@ -42,7 +42,7 @@ fn backend(err: anyhow::Error) -> session_store::Error {
     let outage = err
         .chain()
         .filter_map(|cause| cause.downcast_ref::<sqlx::Error>())
-        .any(crate::db::is_outage);
+        .any(crate::store::reachability::is_outage);
     if outage {
         session_store::Error::Backend(format!("{UNAVAILABLE}{err}"))
     } else {

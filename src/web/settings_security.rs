@@ -10,16 +10,16 @@ use serde::Deserialize;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use super::AppState;
 use super::csrf::CsrfToken;
 use super::pages::{self, Errors, Layout};
 use super::reset_password::policy_errors;
 use super::{AppError, ClientOrigin, CurrentUser, WebForm};
-use crate::app::AppState;
+use crate::auth::EventKind;
 use crate::auth::change::{ChangeError, change_password};
 use crate::auth::security::security_overview;
 use crate::auth::{Accounts, ServiceError, session as sessions};
 use crate::domain::describe_user_agent;
-use crate::store::audit::EventKind;
 
 pub fn router() -> Router<AppState> {
     Router::new()

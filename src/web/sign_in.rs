@@ -8,10 +8,11 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 
+use super::AppState;
 use super::csrf::CsrfToken;
+use super::device::{self, PresentedDevice};
 use super::pages::{self, ErrorPage, Errors, Layout};
 use super::{AppError, AuthSession, ClientOrigin, CurrentUser, WebForm};
-use crate::app::AppState;
 use std::time::Duration;
 
 use crate::auth::session::SignInMethod;
@@ -108,6 +109,7 @@ async fn submit(
     State(state): State<AppState>,
     csrf: CsrfToken,
     ClientOrigin(origin): ClientOrigin,
+    device: PresentedDevice,
     session: AuthSession,
     WebForm(form): WebForm<SignInForm>,
 ) -> Result<Response, AppError> {
@@ -136,7 +138,8 @@ async fn submit(
                     &origin,
                 )
                 .await?;
-            Ok(Redirect::to(next.as_ref().map_or("/", |n| n.as_str())).into_response())
+            let to = Redirect::to(next.as_ref().map_or("/", |n| n.as_str())).into_response();
+            Ok(device::signed_in(&state, device, user.id, user.email.as_str(), &origin, to).await)
         }
         Err(SignInError::AccountDisabled) => Ok(account_disabled()),
         Err(SignInError::InvalidCredentials) => Ok(form_with_errors(
@@ -244,6 +247,7 @@ async fn submit_second_step(
     State(accounts): State<Accounts>,
     csrf: CsrfToken,
     ClientOrigin(origin): ClientOrigin,
+    device: PresentedDevice,
     session: AuthSession,
     WebForm(form): WebForm<SecondStepForm>,
 ) -> Result<Response, AppError> {
@@ -267,7 +271,8 @@ async fn submit_second_step(
                 .next
                 .as_deref()
                 .and_then(|n| SafeNext::parse_within(n, &state.destinations));
-            Ok(Redirect::to(next.as_ref().map_or("/", |n| n.as_str())).into_response())
+            let to = Redirect::to(next.as_ref().map_or("/", |n| n.as_str())).into_response();
+            Ok(device::signed_in(&state, device, user.id, user.email.as_str(), &origin, to).await)
         }
         Err(TwoFactorError::Service(ServiceError::Throttled { retry_after })) => Ok(throttled(
             second_step_page(

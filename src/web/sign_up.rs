@@ -10,11 +10,12 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use serde::Deserialize;
 
+use super::AppState;
 use super::csrf::CsrfToken;
+use super::device::PresentedDevice;
 use super::pages::{self, Errors, Layout};
 use super::reset_password::policy_errors;
 use super::{AppError, ClientOrigin, WebForm};
-use crate::app::AppState;
 use crate::auth::sign_up::{
     ConfirmError, EmailProblem, LinkProblem, SignUpError, check_link, confirm_sign_up,
     request_sign_up,
@@ -206,6 +207,7 @@ async fn show_confirm(
         )),
         Err(ConfirmError::Link(problem)) => Ok(link_problem(problem)),
         Err(ConfirmError::AlreadyHasAccount) => Ok(already_has_account()),
+        Err(ConfirmError::WrongPassword) => Ok(link_problem(LinkProblem::Invalid)),
         Err(ConfirmError::Service(failure)) => Err(failure.into()),
     }
 }
@@ -214,15 +216,43 @@ async fn show_confirm(
 struct ConfirmForm {
     #[serde(default)]
     token: String,
+    #[serde(default)]
+    password: String,
 }
 
 async fn submit_confirm(
     State(state): State<AppState>,
+    csrf: CsrfToken,
     ClientOrigin(origin): ClientOrigin,
+    device: PresentedDevice,
     WebForm(form): WebForm<ConfirmForm>,
 ) -> Result<Response, AppError> {
-    match confirm_sign_up(&state.accounts, &form.token, &origin).await {
-        Ok(_) => Ok(Redirect::to("/sign-in?notice=account-ready").into_response()),
+    match confirm_sign_up(&state.accounts, &form.token, &form.password, &origin).await {
+        Ok(user_id) => {
+            // This browser just proved the mailbox: its first sign-in is no news.
+            let to = Redirect::to("/sign-in?notice=account-ready").into_response();
+            Ok(super::device::proved_mailbox(&state, device, user_id, to).await)
+        }
+        Err(ConfirmError::WrongPassword) => {
+            // The link stays usable: show the form again, for the same link.
+            let email = check_link(&state.accounts, &form.token).await;
+            let Ok(email) = email else {
+                return Ok(link_problem(LinkProblem::Used));
+            };
+            let mut errors = Errors::default();
+            errors.add(
+                "password",
+                "That is not the password chosen when this link was asked for. If you did not ask for it, someone else did: use the link from your own sign-up instead.".to_owned(),
+            );
+            Ok(pages::render(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &ConfirmPage {
+                    layout: Layout::new("Create your account", &csrf.0).with_errors(errors),
+                    email,
+                    token: form.token,
+                },
+            ))
+        }
         Err(ConfirmError::Link(problem)) => Ok(link_problem(problem)),
         Err(ConfirmError::AlreadyHasAccount) => Ok(already_has_account()),
         Err(ConfirmError::Service(failure)) => Err(failure.into()),

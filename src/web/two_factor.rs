@@ -11,11 +11,11 @@ use qrcode::QrCode;
 use qrcode::render::svg;
 use serde::Deserialize;
 
+use super::AppState;
 use super::csrf::CsrfToken;
 use super::pages::{self, Errors, Layout};
 use super::reset_password::policy_errors;
 use super::{AppError, ClientOrigin, CurrentUser, WebForm};
-use crate::app::AppState;
 use crate::auth::ServiceError;
 use crate::auth::two_factor::{self, TwoFactorError};
 

@@ -490,7 +490,10 @@ pub async fn sign_up(app: &TestApp, page: &Page) {
     assert!(page.path().await.starts_with("/sign-up/confirm?token="));
     assert!(page.text("main").await.contains(EMAIL));
     page.checkpoint("sign-up-confirm").await;
-    page.tab_to("form[action='/sign-up/confirm'] button").await;
+    // The link asks again for the password chosen with it.
+    page.fill("#password", PASSWORD).await;
+    page.tab_to("form[action='/sign-up/confirm'] button[type='submit']")
+        .await;
     page.enter_and_wait().await;
     assert!(page.path().await.starts_with("/sign-in"));
     assert_banner(page, "Your account is ready").await;

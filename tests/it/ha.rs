@@ -1,8 +1,11 @@
-//! latchkey at scale: two instances behind PgBouncer in transaction pooling mode, and
-//! (ignored in the quick run, `.ci/run` runs it by name) a Patroni cluster whose primary
-//! is killed under load. Both run Debian's packages under the files in `deploy/`, with
-//! only ports and paths replaced, on loopback ports 15400–15499; `.ci/install-ha`
-//! installs the packages. Without them these tests fail under `CI` and skip otherwise.
+//! latchkey at scale: two instances behind PgBouncer in transaction pooling mode, the
+//! start-up check that refuses a pooler losing named statements, and (ignored in the
+//! quick run, `.ci/run` runs it by name) a Patroni cluster whose primary is killed under
+//! load, reached through PgBouncer in transaction mode. They run Debian's packages and
+//! a PgBouncer >= 1.21 built from Debian's source package under the files in `deploy/`,
+//! with only ports, paths and pool sizes replaced, on loopback ports 15400–15499;
+//! `.ci/install-ha` installs and builds them. Without them these tests fail under `CI`
+//! and skip otherwise.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -16,6 +19,39 @@ use crate::smtp_sink::SmtpSink;
 
 /// PgBouncer's port in the PgBouncer test.
 const PGBOUNCER_PORT: u16 = 15401;
+/// Debian's PgBouncer (1.18 on Debian 12): no `max_prepared_statements`.
+const DEBIAN_PGBOUNCER: &str = "/usr/sbin/pgbouncer";
+/// Fewer server connections than the two instances' pools hold (10 each).
+const SERVER_CONNECTIONS: &str = "default_pool_size = 4";
+
+/// PgBouncer 1.21 or later, as `.ci/install-ha` builds (or links) it;
+/// `LATCHKEY_TEST_PGBOUNCER` overrides the path.
+fn current_pgbouncer() -> String {
+    std::env::var("LATCHKEY_TEST_PGBOUNCER")
+        .unwrap_or_else(|_| "/var/cache/latchkey-ci/pgbouncer/pgbouncer".to_owned())
+}
+
+/// The shipped file with fewer server connections than the instances' pools.
+fn fewer_server_connections(ini: String) -> String {
+    assert!(
+        ini.contains("pool_mode = transaction"),
+        "the shipped file pools transactions"
+    );
+    let replaced = ini
+        .lines()
+        .map(|line| {
+            if line.starts_with("default_pool_size") {
+                SERVER_CONNECTIONS
+            } else {
+                line
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(replaced.contains(SERVER_CONNECTIONS));
+    replaced
+}
+
 /// The password PgBouncer asks its clients for (SCRAM); Postgres behind it trusts loopback.
 const POOLER_PASSWORD: &str = "pooler-test-password";
 
@@ -158,8 +194,9 @@ struct Pgbouncer {
 }
 
 impl Pgbouncer {
-    /// `adjust` may change the shipped file (only the trap test does).
+    /// `adjust` may change the shipped file; `program` is the PgBouncer binary.
     async fn start(
+        program: &str,
         port: u16,
         upstream_port: u16,
         adjust: impl FnOnce(String) -> String,
@@ -175,13 +212,7 @@ impl Pgbouncer {
             &format!("\"postgres\" \"{POOLER_PASSWORD}\"\n"),
         );
         let ini = ini.display().to_string();
-        let mut daemon = Daemon::start(
-            "pgbouncer",
-            "/usr/sbin/pgbouncer",
-            &[&ini],
-            &dir.join("stdout.log"),
-            &[],
-        );
+        let mut daemon = Daemon::start("pgbouncer", program, &[&ini], &dir.join("stdout.log"), &[]);
         wait_for_port(port, Duration::from_secs(10), "pgbouncer").await;
         daemon.assert_running();
         Pgbouncer {
@@ -227,8 +258,8 @@ async fn create_database(base: &str) -> String {
 }
 
 /// PgBouncer's version as (major, minor), from `pgbouncer --version`.
-fn pgbouncer_version() -> (u32, u32) {
-    let out = Command::new("/usr/sbin/pgbouncer")
+fn pgbouncer_version(program: &str) -> (u32, u32) {
+    let out = Command::new(program)
         .arg("--version")
         .output()
         .expect("pgbouncer --version");
@@ -238,16 +269,38 @@ fn pgbouncer_version() -> (u32, u32) {
     (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
 }
 
+/// Whether `program` is a PgBouncer 1.21 or later (fails under `CI` otherwise).
+fn current_installed(test: &str, program: &str) -> bool {
+    if !installed(test, &[program]) {
+        return false;
+    }
+    let version = pgbouncer_version(program);
+    assert!(
+        version >= (1, 21),
+        "{test}: {program} is PgBouncer {version:?}, not 1.21 or later (run .ci/install-ha)"
+    );
+    true
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_instances_through_pgbouncer_share_sessions_links_throttling_and_the_outbox() {
-    if !installed("pgbouncer", &["/usr/sbin/pgbouncer"]) {
+async fn two_instances_through_pgbouncer_in_transaction_mode_share_sessions_links_throttling_and_the_outbox()
+ {
+    let program = current_pgbouncer();
+    if !current_installed("pgbouncer", &program) {
         return;
     }
-    let pgbouncer = Pgbouncer::start(PGBOUNCER_PORT, test_postgres_port(), |ini| ini).await;
+    let pgbouncer = Pgbouncer::start(
+        &program,
+        PGBOUNCER_PORT,
+        test_postgres_port(),
+        fewer_server_connections,
+    )
+    .await;
     let name = create_database(&postgres_base()).await;
-    // Sessions across instances, a link made on one and used on the other, the shared
-    // throttle, and 62 mails from two outbox workers exactly once each.
-    crate::instances::two_instances_share_everything(
+    // Concurrent sign-ins each in their own account, sessions across instances, a link
+    // made on one and used on the other, the shared throttle, and 62 mails from two
+    // outbox workers exactly once each; migrations applied straight to Postgres.
+    let logs = crate::instances::two_instances_share_everything(
         &pgbouncer.url(&name),
         &format!("{}/{name}", postgres_base()),
         &[],
@@ -258,59 +311,203 @@ async fn two_instances_through_pgbouncer_share_sessions_links_throttling_and_the
         log.contains(&format!("{name}/postgres@")),
         "the instances went through PgBouncer:\n{log}"
     );
+    for instance in logs {
+        assert!(
+            instance.contains("behind a transaction pooler"),
+            "the start-up check saw transaction pooling:\n{instance}"
+        );
+    }
 }
 
-/// The trap the deploy file's comment describes: PgBouncer before 1.21 in transaction mode
-/// gives a server connection to another client between sqlx's Parse and Bind, and sqlx
-/// names its statements per connection even with the statement cache off, so a second
-/// client collides with the first one's statement. With 1.21 or later and
-/// `max_prepared_statements`, the same queries must work.
+/// Starts the real binary on `database_url` and expects it to refuse: its output.
+async fn refused_start(database_url: &str) -> String {
+    let smtp = SmtpSink::start().await;
+    let mut command = Command::new(process::latchkey_binary());
+    command
+        .arg("serve")
+        .env("DATABASE_URL", database_url)
+        .env("LATCHKEY_LISTEN", "127.0.0.1:0")
+        .env("LATCHKEY_PUBLIC_URL", "http://127.0.0.1:1")
+        .env("LATCHKEY_SMTP_URL", smtp.url())
+        .env(
+            "LATCHKEY_SECRET_KEY",
+            "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=",
+        );
+    // It refuses during start-up; a latchkey that started would serve until killed.
+    let output = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::task::spawn_blocking(move || command.output()),
+    )
+    .await
+    .expect("latchkey refused within a minute (it may have started)")
+    .expect("join")
+    .expect("latchkey runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(!output.status.success(), "latchkey started:\n{text}");
+    text
+}
+
+/// The trap the deploy file's comment describes: a pooler in transaction mode that
+/// does not keep named statements hands a server connection to another client between
+/// sqlx's Parse and Bind, so one client's statement is missing or another's runs. The
+/// start-up check refuses such a pooler: Debian's PgBouncer 1.18, and a current one with
+/// `max_prepared_statements = 0`; the same current one with the shipped setting passes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pgbouncer_transaction_mode_needs_1_21_for_sqlx_prepared_statements() {
-    if !installed("pgbouncer", &["/usr/sbin/pgbouncer"]) {
+async fn start_up_refuses_a_transaction_pooler_that_loses_prepared_statements() {
+    let current = current_pgbouncer();
+    if !installed("pgbouncer", &[DEBIAN_PGBOUNCER]) || !current_installed("pgbouncer", &current) {
         return;
     }
-    let version = pgbouncer_version();
-    let supports_prepared = version >= (1, 21);
-    let pgbouncer = Pgbouncer::start(PGBOUNCER_PORT + 1, test_postgres_port(), |ini| {
-        let ini = ini.replace("pool_mode = session", "pool_mode = transaction");
-        if supports_prepared {
-            ini.replace(
-                "pool_mode = transaction",
-                "pool_mode = transaction\nmax_prepared_statements = 200",
-            )
-        } else {
-            ini
-        }
-    })
-    .await;
     let name = create_database(&postgres_base()).await;
-    let url = format!("{}?statement-cache-capacity=0", pgbouncer.url(&name));
-    let mut errors = Vec::new();
-    // Two clients in turn: the second is handed the server connection the first left.
-    for client in 0..2 {
-        let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
-            .await
-            .expect("connect through pgbouncer");
-        for i in 0..3 {
-            let got: Result<i32, _> = sqlx::query_scalar("select $1::int + 1")
-                .bind(i)
-                .fetch_one(&mut conn)
-                .await;
-            match got {
-                Ok(n) => assert_eq!(n, i + 1),
-                Err(e) => errors.push(format!("client {client}, query {i}: {e}")),
+    {
+        let db = process::connect(&format!("{}/{name}", postgres_base())).await;
+        latchkey::db::migrate(&db).await.expect("migrate directly");
+        db.close().await;
+    }
+    let debian_is_old = pgbouncer_version(DEBIAN_PGBOUNCER) < (1, 21);
+    let mut losing = vec![(
+        format!(
+            "PgBouncer {:?} without max_prepared_statements",
+            pgbouncer_version(&current)
+        ),
+        current.clone(),
+        "max_prepared_statements = 0",
+    )];
+    if debian_is_old {
+        losing.push((
+            format!(
+                "Debian's PgBouncer {:?}",
+                pgbouncer_version(DEBIAN_PGBOUNCER)
+            ),
+            DEBIAN_PGBOUNCER.to_owned(),
+            "",
+        ));
+    } else {
+        println!("Debian's PgBouncer is 1.21 or later here: checked with the setting off only");
+    }
+    for (port, (what, program, setting)) in (PGBOUNCER_PORT + 1..).zip(losing) {
+        let pgbouncer = Pgbouncer::start(&program, port, test_postgres_port(), |ini| {
+            let ini = fewer_server_connections(ini)
+                .lines()
+                .filter(|line| !line.starts_with("max_prepared_statements"))
+                .collect::<Vec<_>>()
+                .join("\n");
+            format!("{ini}\n{setting}\n")
+        })
+        .await;
+        let text = refused_start(&pgbouncer.url(&name)).await;
+        println!("{what}: {}", text.lines().last().unwrap_or_default());
+        assert!(
+            text.contains("PgBouncer >= 1.21") && text.contains("max_prepared_statements"),
+            "{what}: refused, naming the fix:\n{text}"
+        );
+    }
+
+    // The same check passes the shipped configuration.
+    let pgbouncer = Pgbouncer::start(
+        &current,
+        PGBOUNCER_PORT + 3,
+        test_postgres_port(),
+        fewer_server_connections,
+    )
+    .await;
+    let smtp = SmtpSink::start().await;
+    let instance = ServiceProcess::start(
+        &pgbouncer.url(&name),
+        &smtp.url(),
+        &[("LATCHKEY_LOG", "info")],
+    )
+    .await;
+    assert!(
+        instance.log().contains("behind a transaction pooler"),
+        "{}",
+        instance.log()
+    );
+
+    // And Debian's PgBouncer in session mode, where each client keeps its server
+    // connection: nothing to refuse, nothing seen as transaction pooling.
+    let session_mode = Pgbouncer::start(
+        DEBIAN_PGBOUNCER,
+        PGBOUNCER_PORT + 6,
+        test_postgres_port(),
+        |ini| {
+            ini.lines()
+                .filter(|line| !line.starts_with("max_prepared_statements"))
+                .map(|line| line.replace("pool_mode = transaction", "pool_mode = session"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        },
+    )
+    .await;
+    let instance = ServiceProcess::start(
+        &session_mode.url(&name),
+        &smtp.url(),
+        &[("LATCHKEY_LOG", "info")],
+    )
+    .await;
+    assert!(
+        !instance.log().contains("behind a transaction pooler"),
+        "{}",
+        instance.log()
+    );
+}
+
+/// Why the check exists, shown with sqlx alone: two clients in turn through a pooler in
+/// transaction mode with the statement cache off. Debian's 1.18 collides on sqlx's
+/// statement names; a current one with the shipped setting runs every query.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgbouncer_transaction_mode_needs_1_21_for_sqlx_prepared_statements() {
+    let current = current_pgbouncer();
+    if !installed("pgbouncer", &[DEBIAN_PGBOUNCER]) || !current_installed("pgbouncer", &current) {
+        return;
+    }
+    let name = create_database(&postgres_base()).await;
+    for (port, program) in (PGBOUNCER_PORT + 4..).zip([DEBIAN_PGBOUNCER.to_owned(), current]) {
+        let version = pgbouncer_version(&program);
+        let supports_prepared = version >= (1, 21);
+        let pgbouncer = Pgbouncer::start(&program, port, test_postgres_port(), |ini| {
+            let ini = fewer_server_connections(ini);
+            if supports_prepared {
+                ini
+            } else {
+                ini.lines()
+                    .filter(|line| !line.starts_with("max_prepared_statements"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            }
+        })
+        .await;
+        let url = format!("{}?statement-cache-capacity=0", pgbouncer.url(&name));
+        let mut errors = Vec::new();
+        // Two clients in turn: the second is handed the server connection the first left.
+        for client in 0..2 {
+            let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+                .await
+                .expect("connect through pgbouncer");
+            for i in 0..3 {
+                let got: Result<i32, _> = sqlx::query_scalar("select $1::int + 1")
+                    .bind(i)
+                    .fetch_one(&mut conn)
+                    .await;
+                match got {
+                    Ok(n) => assert_eq!(n, i + 1),
+                    Err(e) => errors.push(format!("client {client}, query {i}: {e}")),
+                }
             }
         }
-    }
-    println!("PgBouncer {version:?} in transaction mode, statement cache off: {errors:#?}");
-    if supports_prepared {
-        assert!(errors.is_empty(), "{errors:#?}");
-    } else {
-        assert!(
-            errors.iter().any(|e| e.contains("sqlx_s_1")),
-            "expected sqlx's named statements to collide: {errors:#?}"
-        );
+        println!("PgBouncer {version:?} in transaction mode, statement cache off: {errors:#?}");
+        if supports_prepared {
+            assert!(errors.is_empty(), "{errors:#?}");
+        } else {
+            assert!(
+                errors.iter().any(|e| e.contains("sqlx_s_1")),
+                "expected sqlx's named statements to collide: {errors:#?}"
+            );
+        }
     }
 }
 
@@ -845,11 +1042,28 @@ async fn failover_primary_killed_under_load_loses_no_acknowledged_write() {
     if !installed("failover", &programs) {
         return;
     }
+    let program = current_pgbouncer();
+    if !current_installed("failover", &program) {
+        return;
+    }
     let mut cluster = Cluster::start().await;
-    // The whole topology: instances → PgBouncer → HAProxy → the current primary.
-    let pgbouncer = Pgbouncer::start(FAILOVER_PGBOUNCER_PORT, HAPROXY_PORT, |ini| ini).await;
+    // The whole topology: instances → PgBouncer (transaction mode, fewer server
+    // connections than the instances' pools) → HAProxy → the current primary.
+    let pgbouncer = Pgbouncer::start(
+        &program,
+        FAILOVER_PGBOUNCER_PORT,
+        HAPROXY_PORT,
+        fewer_server_connections,
+    )
+    .await;
     let name = create_database(&cluster.base_url()).await;
     let database_url = format!("{}/{name}", cluster.base_url());
+    {
+        // Migrations go straight to the primary, not through the pooler.
+        let db = process::connect(&database_url).await;
+        latchkey::db::migrate(&db).await.expect("migrate directly");
+        db.close().await;
+    }
     let service_url = pgbouncer.url(&name);
     let smtp = Arc::new(SmtpSink::start().await);
     let env = [

@@ -16,8 +16,8 @@ const EMAIL: &str = "alice@example.com";
 
 /// The row key of the session `browser` holds.
 fn session_key(browser: &Browser) -> Vec<u8> {
-    let cookie = browser.session_cookie().expect("a session cookie");
-    id_hash(&Id::from_str(&cookie).expect("a session id"))
+    let id = browser.session_id().expect("a session cookie");
+    id_hash(&Id::from_str(&id).expect("a session id"))
 }
 
 async fn signed_in(app: &TestApp) -> Browser {

@@ -548,3 +548,102 @@ async fn a_half_finished_two_factor_sign_in_is_refused_once_disabled() {
         .await;
     assert_status(&wrong, StatusCode::UNPROCESSABLE_ENTITY);
 }
+
+/// `latchkey` with `args`, keyed as the app is: what it queues in the outbox is sealed
+/// under the key the app's mail worker opens it with.
+fn latchkey_keyed(app: &TestApp, args: &[&str]) -> Output {
+    use base64::Engine as _;
+    Command::new(env!("CARGO_BIN_EXE_latchkey"))
+        .args(args)
+        .env("DATABASE_URL", &app.database_url)
+        .env("LATCHKEY_PUBLIC_URL", &app.base)
+        .env(
+            "LATCHKEY_SECRET_KEY",
+            base64::engine::general_purpose::STANDARD.encode([42u8; 32]),
+        )
+        .env("LATCHKEY_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run latchkey")
+}
+
+#[tokio::test]
+async fn two_factor_off_removes_the_authenticator_and_codes_ends_every_session_and_tells_the_owner()
+{
+    let app = TestApp::spawn().await;
+    let (browser, _secret, codes) = crate::two_factor::enabled(&app, "alice@example.com").await;
+    assert!(signed_in(&browser).await);
+    let mails_before = app.mails_to("alice@example.com", 1).await.len();
+
+    let out = latchkey_keyed(
+        &app,
+        &["user", "two-factor-off", "--email", "alice@example.com"],
+    );
+    succeeded(&out);
+    assert!(
+        stdout(&out).contains("two-factor turned off for alice@example.com"),
+        "{}",
+        stdout(&out)
+    );
+
+    // Every session ended at once.
+    assert!(!signed_in(&browser).await);
+    assert_eq!(
+        app.count("select count(*) from recovery_codes").await,
+        0,
+        "recovery codes removed"
+    );
+    // The password alone signs in now: no second step, and no recovery code is asked.
+    let owner = app.browser();
+    let signed = owner.sign_in("alice@example.com", PASSWORD).await;
+    assert_status(&signed, StatusCode::SEE_OTHER);
+    assert_eq!(location(&signed), "/");
+    assert!(!codes.is_empty());
+
+    // The owner is told by mail and under Recent activity; the change is audited.
+    let mails = app.mails_to("alice@example.com", mails_before + 1).await;
+    let told = mails
+        .iter()
+        .find(|m| {
+            m.subject().as_deref()
+                == Some("An administrator turned off two-factor authentication for your latchkey account")
+        })
+        .expect("the owner is mailed");
+    assert!(
+        told.text_body()
+            .unwrap_or_default()
+            .contains("/settings/security")
+    );
+    assert!(
+        security_page(&owner)
+            .await
+            .contains("An administrator removed two-factor authentication")
+    );
+    assert_eq!(
+        app.count(
+            "select count(*) from audit_events where kind = 'two_factor_removed_by_operator'"
+        )
+        .await,
+        1
+    );
+
+    // Again, or for an unknown address: a clear message and a non-zero exit.
+    let again = latchkey_keyed(
+        &app,
+        &["user", "two-factor-off", "--email", "alice@example.com"],
+    );
+    assert!(!again.status.success());
+    assert!(
+        stderr(&again).contains("has no two-factor authentication"),
+        "{}",
+        stderr(&again)
+    );
+    let unknown = latchkey_keyed(
+        &app,
+        &["user", "two-factor-off", "--email", "nobody@example.com"],
+    );
+    assert!(!unknown.status.success());
+    assert!(stderr(&unknown).contains("no account has the address nobody@example.com"));
+}

@@ -505,3 +505,257 @@ fn shipped_files_name_their_placeholders_at_the_top() {
         }
     }
 }
+
+/// Authelia's other identity headers and underscore spellings, forged by a signed-in
+/// client: the application sees latchkey's four and nothing of the client's.
+async fn forged_identity_headers_never_reach_the_application(kind: Kind, test: &str) {
+    let Some(stack) = Stack::start(kind, test).await else {
+        return;
+    };
+    stack.app.create_user(EMAIL, PASSWORD).await;
+    let browser = stack.signed_in().await;
+    let before = stack.echo.count();
+    let response = browser
+        .client
+        .get(stack.page())
+        .header("Accept", "text/html")
+        .header("Remote-Groups", "admins")
+        .header("Remote-Name", "Mallory")
+        .header("Remote-User", FORGED_USER)
+        .header("Remote-Email", FORGED_EMAIL)
+        .header("Remote_User", FORGED_USER)
+        .header("Remote_Email", FORGED_EMAIL)
+        .header("Remote_Groups", "admins")
+        .send()
+        .await
+        .expect("GET through the proxy");
+    assert_eq!(response.status(), StatusCode::OK, "{}", stack.proxy.logs());
+    let seen: Seen = serde_json::from_str(&response.text().await.expect("body")).expect("JSON");
+    assert_eq!(stack.echo.count(), before + 1);
+    stack.assert_identity(&seen).await;
+    assert_eq!(seen.header("remote-name"), Some(EMAIL), "{seen:?}");
+    assert!(
+        seen.header_values("remote-groups")
+            .iter()
+            .all(|v| v.is_empty()),
+        "{seen:?}"
+    );
+    for (name, value) in &seen.headers {
+        assert!(
+            !name.contains('_'),
+            "an underscore header reached the application: {name}: {value}"
+        );
+        assert!(
+            !value.contains("admins") && !value.contains("Mallory") && !value.contains(FORGED_USER),
+            "a forged value reached the application: {name}: {value}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn nginx_passes_only_latchkeys_four_identity_headers() {
+    forged_identity_headers_never_reach_the_application(Kind::Nginx, "nginx_forged_identity").await;
+}
+
+#[tokio::test]
+async fn caddy_passes_only_latchkeys_four_identity_headers() {
+    forged_identity_headers_never_reach_the_application(Kind::Caddy, "caddy_forged_identity").await;
+}
+
+/// Caddy removes every `Remote-*` a client sends, not only the four latchkey sets.
+#[tokio::test]
+async fn caddy_removes_every_other_remote_header() {
+    let Some(stack) = Stack::start(Kind::Caddy, "caddy_other_remote").await else {
+        return;
+    };
+    stack.app.create_user(EMAIL, PASSWORD).await;
+    let browser = stack.signed_in().await;
+    let response = browser
+        .client
+        .get(stack.page())
+        .header("Accept", "text/html")
+        .header("Remote-Roles", "admin")
+        .header("remote_roles", "admin")
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(response.status(), StatusCode::OK);
+    let seen: Seen = serde_json::from_str(&response.text().await.expect("body")).expect("JSON");
+    assert!(seen.header_values("remote-roles").is_empty(), "{seen:?}");
+    assert!(seen.header_values("remote_roles").is_empty(), "{seen:?}");
+}
+
+/// `GET http://stray…/admin` with `Host: app…`: nginx would route by the request line's
+/// host while the check named the Host header's.
+#[tokio::test]
+async fn nginx_refuses_a_request_line_whose_host_differs_from_the_host_header() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let Some(stack) = Stack::start(Kind::Nginx, "nginx_absolute_form").await else {
+        return;
+    };
+    stack.app.create_user(EMAIL, PASSWORD).await;
+    let browser = stack.signed_in().await;
+    let session = browser.session_cookie().expect("a session cookie");
+    let before = stack.echo.count();
+    let port = stack.proxy.port;
+    let request = format!(
+        "GET http://{STRAY_HOST}:{port}/admin HTTP/1.1\r\nHost: {APP_HOST}:{port}\r\n\
+         Cookie: latchkey_session={session}\r\nAccept: text/html\r\nConnection: close\r\n\r\n"
+    );
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.expect("read");
+    let status_line = answer.lines().next().unwrap_or_default().to_owned();
+    assert!(
+        status_line.starts_with("HTTP/1.1 421") || status_line.starts_with("HTTP/1.1 400"),
+        "{status_line}"
+    );
+    assert_eq!(
+        stack.echo.count(),
+        before,
+        "nothing reached the application"
+    );
+}
+
+/// An original URL of 8 KiB goes to the sign-in and back; a longer one gets 414 or 400,
+/// never a 500.
+async fn long_original_urls(kind: Kind, test: &str) {
+    let Some(stack) = Stack::start(kind, test).await else {
+        return;
+    };
+    stack.app.create_user(EMAIL, PASSWORD).await;
+    // The request target: 8 KiB exactly, with non-ASCII text percent-encoded as browsers do.
+    let mut path = "/wiki/Z%C3%BCrich?q=".to_owned();
+    path.push_str(&"a".repeat(8 * 1024 - path.len()));
+    assert_eq!(path.len(), 8 * 1024);
+    let url = stack.url_on(APP_HOST, &path);
+    let anonymous = stack.browser();
+    let response = stack.visit(&anonymous, &url).await;
+    assert_eq!(
+        response.status(),
+        StatusCode::FOUND,
+        "{}",
+        stack.proxy.logs()
+    );
+    let to = location(&response);
+    assert_eq!(next_of(&to).as_deref(), Some(url.as_str()));
+    let sign_in = anonymous
+        .client
+        .get(&to)
+        .send()
+        .await
+        .expect("sign-in page");
+    assert_eq!(
+        sign_in.status(),
+        StatusCode::OK,
+        "the sign-in page takes it"
+    );
+
+    let signed_in = stack.signed_in().await;
+    let reached = stack.visit(&signed_in, &url).await;
+    assert_eq!(reached.status(), StatusCode::OK, "{}", stack.proxy.logs());
+    let seen: Seen = serde_json::from_str(&reached.text().await.expect("body")).expect("JSON");
+    assert_eq!(seen.path_and_query(), path);
+
+    let longer = stack.url_on(APP_HOST, &format!("/{}", "b".repeat(12 * 1024)));
+    for browser in [&anonymous, &signed_in] {
+        let status = stack.visit(browser, &longer).await.status();
+        assert!(
+            status == StatusCode::URI_TOO_LONG || status == StatusCode::BAD_REQUEST,
+            "{status}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn nginx_takes_original_urls_up_to_8_kib_and_refuses_longer_ones_clearly() {
+    long_original_urls(Kind::Nginx, "nginx_long_urls").await;
+}
+
+#[tokio::test]
+async fn caddy_takes_original_urls_up_to_8_kib_and_refuses_longer_ones_clearly() {
+    long_original_urls(Kind::Caddy, "caddy_long_urls").await;
+}
+
+/// The shipped files refuse `/metrics` on latchkey's public site.
+async fn metrics_are_refused(kind: Kind, test: &str) {
+    let Some(stack) = Stack::start(kind, test).await else {
+        return;
+    };
+    let response = stack
+        .browser()
+        .client
+        .get(format!("{}/metrics", stack.auth_base()))
+        .send()
+        .await
+        .expect("GET /metrics");
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn nginx_refuses_metrics() {
+    metrics_are_refused(Kind::Nginx, "nginx_metrics").await;
+}
+
+#[tokio::test]
+async fn caddy_refuses_metrics() {
+    metrics_are_refused(Kind::Caddy, "caddy_metrics").await;
+}
+
+/// A page on a sibling host sets the shared session cookie to the attacker's own
+/// session ("cookie tossing"): latchkey's own pages do not take it, because the
+/// host-only companion that only latchkey can set does not bind it.
+#[tokio::test]
+async fn a_session_cookie_tossed_by_a_sibling_host_is_ignored_on_latchkeys_pages() {
+    let Some(stack) = Stack::start(Kind::Nginx, "nginx_tossed_cookie").await else {
+        return;
+    };
+    stack.app.create_user(EMAIL, PASSWORD).await;
+    stack.app.create_user(FORGED_EMAIL, PASSWORD).await;
+    let attacker = stack.browser();
+    assert_status(
+        &attacker.sign_in(FORGED_EMAIL, PASSWORD).await,
+        StatusCode::SEE_OTHER,
+    );
+    let tossed = attacker
+        .session_cookie()
+        .expect("the attacker's session cookie");
+
+    let victim = stack.browser();
+    assert_status(
+        &victim.sign_in(EMAIL, PASSWORD).await,
+        StatusCode::SEE_OTHER,
+    );
+    let sibling = stack.url_on(APP_HOST, "/").parse().expect("url");
+    victim.jar.add_cookie_str(
+        &format!("latchkey_session={tossed}; Domain={COOKIE_DOMAIN}; Path=/"),
+        &sibling,
+    );
+    assert_eq!(victim.session_cookie().as_deref(), Some(tossed.as_str()));
+
+    for path in ["/", "/settings/security"] {
+        let page = victim.get(path).await;
+        let status = page.status();
+        let body = page.text().await.expect("body");
+        assert!(
+            !body.contains(FORGED_EMAIL),
+            "{path}: the tossed cookie put the browser in the attacker's account"
+        );
+        assert_eq!(
+            status,
+            StatusCode::SEE_OTHER,
+            "{path}: signed out, not swapped"
+        );
+    }
+    // Signing in again works as usual, in the victim's own account.
+    assert_status(
+        &victim.sign_in(EMAIL, PASSWORD).await,
+        StatusCode::SEE_OTHER,
+    );
+    let home = victim.get("/").await;
+    assert_status(&home, StatusCode::OK);
+    assert!(home.text().await.expect("body").contains(EMAIL));
+}

@@ -15,7 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::helpers::*;
 
 /// One statement executed: which proxied connection, and its SQL.
-type Executed = Arc<Mutex<Vec<(usize, String)>>>;
+pub(crate) type Executed = Arc<Mutex<Vec<(usize, String)>>>;
 
 /// Forwards to Postgres and records every statement each connection executes (a simple
 /// `Query`, or an `Execute` of the statement last bound). TLS is off on this leg, so the
@@ -104,7 +104,10 @@ async fn relay_counting(
 /// connection in the whole `log`, which may start before the window and end after it)
 /// that touches the outbox is not the request's. sqlx sends the `rollback` of a dropped
 /// transaction lazily, so the worker's can arrive well after its `select`.
-fn of_the_request(log: &[(usize, String)], window: std::ops::Range<usize>) -> Vec<String> {
+pub(crate) fn of_the_request(
+    log: &[(usize, String)],
+    window: std::ops::Range<usize>,
+) -> Vec<String> {
     let of_the_worker = |sql: &str| sql.contains("outbox");
     // Each statement's transaction, numbered in one pass over every connection's
     // statements: `begin` opens one, `commit` / `rollback` closes it (both belong to it).
@@ -135,8 +138,11 @@ fn of_the_request(log: &[(usize, String)], window: std::ops::Range<usize>) -> Ve
         .collect()
 }
 
-/// Statements the POST /sign-in of `email` with `password` executes.
-async fn statements_of_a_sign_in(ip_rate_limit: u32, email: &str, password: &str) -> Vec<String> {
+/// The service, reaching Postgres through [`counting_proxy`], once its start-up
+/// statements are done; `tweak` adjusts its settings.
+pub(crate) async fn spawn_counted(
+    tweak: impl FnOnce(&mut latchkey::config::Config),
+) -> (TestApp, Executed) {
     let upstream: SocketAddr = {
         let url = url::Url::parse(&postgres_base()).expect("LATCHKEY_TEST_PG is a URL");
         let host = match url.host_str() {
@@ -154,7 +160,7 @@ async fn statements_of_a_sign_in(ip_rate_limit: u32, email: &str, password: &str
         url.set_port(Some(proxy.port())).expect("port");
         url.query_pairs_mut().append_pair("sslmode", "disable");
         config.database_url = SecretString::from(url.to_string());
-        config.ip_rate_limit = ip_rate_limit;
+        tweak(config);
     })
     .await;
     // The sweep that runs at start-up ends with the outbox; the window opens after it.
@@ -169,6 +175,12 @@ async fn statements_of_a_sign_in(ip_rate_limit: u32, email: &str, password: &str
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    (app, executed)
+}
+
+/// Statements the POST /sign-in of `email` with `password` executes.
+async fn statements_of_a_sign_in(ip_rate_limit: u32, email: &str, password: &str) -> Vec<String> {
+    let (app, executed) = spawn_counted(|config| config.ip_rate_limit = ip_rate_limit).await;
     app.create_user("alice@example.com", PASSWORD).await;
     let client = reqwest::Client::builder()
         .redirect(Policy::none())

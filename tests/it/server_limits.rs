@@ -193,7 +193,7 @@ async fn ten_slow_connections_get_at_most_four_slots_and_the_server_recovers() {
 }
 
 #[tokio::test]
-async fn metrics_move_to_their_own_listener_when_metrics_listen_is_set() {
+async fn metrics_are_served_only_on_their_own_listener() {
     let app =
         TestApp::spawn_with(|c| c.metrics_listen = Some("127.0.0.1:0".parse().expect("addr")))
             .await;
@@ -216,9 +216,13 @@ async fn metrics_move_to_their_own_listener_when_metrics_listen_is_set() {
         );
     }
 
-    // Unset, /metrics stays where it was.
+    // Unset, no metrics are served at all.
     let plain = TestApp::spawn().await;
-    assert_status(&plain.browser().get("/metrics").await, StatusCode::OK);
+    assert_status(
+        &plain.browser().get("/metrics").await,
+        StatusCode::NOT_FOUND,
+    );
+    assert!(plain.metrics_base().is_none());
 }
 
 #[tokio::test]

@@ -303,7 +303,7 @@ async fn sign_out_other_sessions_counts_only_the_live_ones() {
     let [me, laptop, old_phone] = three_signed_in_devices(&app).await;
     // The old phone's session ran out; housekeeping has not swept it yet.
     let id: tower_sessions::session::Id = old_phone
-        .session_cookie()
+        .session_id()
         .expect("cookie")
         .parse()
         .expect("session id");

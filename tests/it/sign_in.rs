@@ -525,9 +525,14 @@ async fn cookies_are_http_only_lax_and_host_prefixed_under_https() {
     assert!(csrf_cookie.starts_with("latchkey_csrf="));
     assert!(csrf_cookie.contains("HttpOnly") && csrf_cookie.contains("SameSite=Lax"));
     let signed_in = browser.sign_in("alice@example.com", PASSWORD).await;
-    let session_cookie = signed_in.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
+    // Among the cookies a sign-in sets (the device cookie too), the session's.
+    let session_cookie = signed_in
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|c| c.starts_with("latchkey_session="))
+        .unwrap_or_default()
         .to_owned();
     assert!(
         session_cookie.starts_with("latchkey_session="),
@@ -557,13 +562,21 @@ async fn anonymous_pages_write_no_rows() {
 
 #[tokio::test]
 async fn health_readiness_and_metrics_answer() {
-    let app = TestApp::spawn().await;
+    let app =
+        TestApp::spawn_with(|c| c.metrics_listen = Some("127.0.0.1:0".parse().expect("addr")))
+            .await;
     app.create_user("alice@example.com", PASSWORD).await;
     app.browser().sign_in("alice@example.com", PASSWORD).await;
     let browser = app.browser();
     assert_status(&browser.get("/healthz").await, StatusCode::OK);
     assert_status(&browser.get("/readyz").await, StatusCode::OK);
-    let metrics = browser.get("/metrics").await.text().await.unwrap();
+    let metrics_base = app.metrics_base().expect("a metrics listener");
+    let metrics = Browser::new(&metrics_base)
+        .get("/metrics")
+        .await
+        .text()
+        .await
+        .unwrap();
     assert!(metrics.contains("latchkey_sign_in_total"), "{metrics}");
     assert!(metrics.contains("latchkey_password_hash_seconds"));
     assert!(metrics.contains("latchkey_http_request_duration_seconds"));

@@ -42,13 +42,18 @@ async fn sign_up(browser: &Browser, email: &str, password: &str, confirm: &str) 
         .await
 }
 
-/// The confirm button of the link with `token`, pressed.
+/// The confirm form of the link with `token`, sent with the sign-up's `PASSWORD`.
 async fn confirm(browser: &Browser, token: &str) -> Response {
+    confirm_with(browser, token, PASSWORD).await
+}
+
+/// The confirm form of the link with `token`, sent with `password`.
+async fn confirm_with(browser: &Browser, token: &str, password: &str) -> Response {
     browser
         .submit(
             &format!("/sign-up/confirm?token={token}"),
             "/sign-up/confirm",
-            &[("token", token)],
+            &[("token", token), ("password", password)],
         )
         .await
 }
@@ -529,61 +534,37 @@ async fn the_link_lifetime_is_the_reset_link_lifetime() {
 }
 
 #[tokio::test]
-async fn a_newer_sign_up_voids_the_older_link_and_sets_the_password() {
+async fn a_newer_sign_up_leaves_the_older_link_usable_and_the_first_confirmed_wins() {
     let app = open_app().await;
     let browser = app.browser();
     let first = sign_up_link(&app, &browser, "alice@example.com", PASSWORD, 1).await;
     let second = sign_up_link(&app, &browser, "Alice@example.com", NEW_PASSWORD, 2).await;
+    // Each link asks for the password chosen with it.
     assert_status(
         &browser
             .get(&format!("/sign-up/confirm?token={first}"))
             .await,
-        StatusCode::GONE,
+        StatusCode::OK,
     );
-    assert_status(&confirm(&browser, &first).await, StatusCode::GONE);
-    assert_status(&confirm(&browser, &second).await, StatusCode::SEE_OTHER);
     assert_status(
-        &app.browser().sign_in("alice@example.com", PASSWORD).await,
+        &confirm_with(&browser, &first, NEW_PASSWORD).await,
         StatusCode::UNPROCESSABLE_ENTITY,
     );
+    assert_status(&confirm(&browser, &first).await, StatusCode::SEE_OTHER);
+    // The first confirmed link made the account and voided the other.
     assert_status(
-        &app.browser()
-            .sign_in("alice@example.com", NEW_PASSWORD)
-            .await,
-        StatusCode::SEE_OTHER,
-    );
-}
-
-#[tokio::test]
-async fn two_pending_sign_ups_for_one_address_confirmed_one_after_the_other_create_one_account() {
-    let app = open_app().await;
-    let browser = app.browser();
-    let first = sign_up_link(&app, &browser, "alice@example.com", PASSWORD, 1).await;
-    let second = sign_up_link(&app, &browser, "alice@example.com", NEW_PASSWORD, 2).await;
-    // Both live at once, as two pending rows would be had anything voided only one.
-    sqlx::query("update sign_ups set used_at = null")
-        .execute(&app.pool)
-        .await
-        .unwrap();
-    assert_status(&confirm(&browser, &second).await, StatusCode::SEE_OTHER);
-    let again = confirm(&browser, &first).await;
-    assert_status(&again, StatusCode::CONFLICT);
-    let page = again.text().await.unwrap();
-    assert!(
-        page.contains("This address already has an account")
-            && page.contains("href=\"/forgot-password\"")
+        &confirm_with(&browser, &second, NEW_PASSWORD).await,
+        StatusCode::GONE,
     );
     assert_eq!(accounts_for(&app, "alice@example.com").await, 1);
-    // The link is spent, and the account keeps the password of the confirmed sign-up.
-    assert_status(&confirm(&browser, &first).await, StatusCode::GONE);
+    assert_status(
+        &app.browser().sign_in("alice@example.com", PASSWORD).await,
+        StatusCode::SEE_OTHER,
+    );
     assert_status(
         &app.browser()
             .sign_in("alice@example.com", NEW_PASSWORD)
             .await,
-        StatusCode::SEE_OTHER,
-    );
-    assert_status(
-        &app.browser().sign_in("alice@example.com", PASSWORD).await,
         StatusCode::UNPROCESSABLE_ENTITY,
     );
     assert_eq!(
@@ -599,7 +580,7 @@ async fn an_account_made_meanwhile_by_an_operator_is_never_doubled_nor_changed()
     let browser = app.browser();
     let token = sign_up_link(&app, &browser, "alice@example.com", NEW_PASSWORD, 1).await;
     app.create_user("alice@example.com", PASSWORD).await;
-    let opened = confirm(&browser, &token).await;
+    let opened = confirm_with(&browser, &token, NEW_PASSWORD).await;
     assert_status(&opened, StatusCode::CONFLICT);
     assert_eq!(accounts_for(&app, "alice@example.com").await, 1);
     assert_status(
@@ -709,7 +690,11 @@ async fn twenty_confirmations_of_one_link_at_once_on_two_instances_create_one_ac
         let csrf = browser.csrf_token("/sign-up").await;
         let cookie = burst::cookie_header(&browser, &app.base);
         let requests = spread([&app.base, &other.base], 20, SOURCES, |base| {
-            let fields = [("token", token.as_str()), ("csrf_token", csrf.as_str())];
+            let fields = [
+                ("token", token.as_str()),
+                ("password", PASSWORD),
+                ("csrf_token", csrf.as_str()),
+            ];
             burst::form_post(base, "/sign-up/confirm", &cookie, &fields)
         });
         let answers = burst::burst(requests).await;
@@ -727,8 +712,7 @@ async fn twenty_confirmations_of_one_link_at_once_on_two_instances_create_one_ac
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn twenty_sign_ups_at_once_on_two_instances_send_at_most_three_mails_and_leave_one_live_link()
-{
+async fn twenty_sign_ups_at_once_on_two_instances_send_at_most_three_mails_each_link_live() {
     let app = TestApp::spawn_with(|c| {
         c.sign_up = SignUp::Open;
         c.argon2.queue = 64;
@@ -767,18 +751,13 @@ async fn twenty_sign_ups_at_once_on_two_instances_send_at_most_three_mails_and_l
         .unwrap();
         eprintln!("round {round}: {mails} mails, {live} live links");
         assert!((1..=3).contains(&mails), "round {round}: {mails} mails");
-        assert_eq!(live, 1, "round {round}");
-        // Only the newest mailed link opens.
+        // A later request voids nothing: every mailed link stays usable until one is
+        // confirmed.
+        assert_eq!(live, mails as i64, "round {round}");
         let opened: Vec<StatusCode> = futures_statuses(&app, &browser, &email).await;
-        assert_eq!(
-            opened.iter().filter(|s| **s == StatusCode::OK).count(),
-            1,
-            "{opened:?}"
-        );
-        assert_eq!(
-            opened.last(),
-            Some(&StatusCode::OK),
-            "the newest is the live one: {opened:?}"
+        assert!(
+            opened.iter().all(|s| *s == StatusCode::OK),
+            "every link opens: {opened:?}"
         );
     }
 }
@@ -1003,4 +982,200 @@ async fn the_dev_mailbox_does_not_exist_with_smtp_or_off_loopback() {
         &on_loopback.browser().get("/dev/mailbox").await,
         StatusCode::OK,
     );
+}
+
+const STRANGERS_PASSWORD: &str = "a stranger's own long passphrase";
+
+/// The tokens of every sign-up link mailed to `email`.
+fn mailed_tokens(app: &TestApp, email: &str) -> Vec<String> {
+    app.smtp
+        .messages_to(email)
+        .iter()
+        .filter_map(|m| m.first_link())
+        .filter_map(|link| link.split("token=").nth(1).map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_asking_for_your_address_with_their_own_password_never_gets_the_account() {
+    let app = TestApp::spawn_with(|c| {
+        c.sign_up = SignUp::Open;
+        c.argon2.queue = 64;
+    })
+    .await;
+    let other = app.spawn_sibling().await;
+    for round in 0..ROUNDS {
+        let email = format!("alice{round}@example.com");
+        // The person asks once from one address on one instance; at the same moment the
+        // stranger asks twice from another address on the other instance, using up the
+        // hourly mail limit.
+        let browser = app.browser();
+        let csrf = browser.csrf_token("/sign-up").await;
+        let cookie = burst::cookie_header(&browser, &app.base);
+        let ask = |base: &str, password: &str, source: usize| RawRequest {
+            source: burst::source(source, 2),
+            target: burst::target(base),
+            bytes: burst::form_post(
+                base,
+                "/sign-up",
+                &cookie,
+                &[
+                    ("email", email.as_str()),
+                    ("new_password", password),
+                    ("new_password_confirm", password),
+                    ("csrf_token", csrf.as_str()),
+                ],
+            ),
+        };
+        let answers = burst::burst(vec![
+            ask(&app.base, PASSWORD, 0),
+            ask(&other.base, STRANGERS_PASSWORD, 1),
+            ask(&other.base, STRANGERS_PASSWORD, 1),
+        ])
+        .await;
+        assert_eq!(
+            with_status(&answers, 200),
+            3,
+            "{:?}",
+            burst::tally(&answers)
+        );
+        assert_eq!(settled_mail(&app, &email).await, 3, "round {round}");
+
+        // Every link in the inbox opens, and each asks for its own password: the
+        // stranger's links refuse the person's password, the person's own link works.
+        let person = app.browser();
+        let tokens = mailed_tokens(&app, &email);
+        for token in &tokens {
+            assert_status(
+                &person.get(&format!("/sign-up/confirm?token={token}")).await,
+                StatusCode::OK,
+            );
+        }
+        let mut statuses = Vec::new();
+        for token in &tokens {
+            statuses.push(confirm_with(&person, token, PASSWORD).await.status());
+        }
+        eprintln!("round {round}: {statuses:?}");
+        assert_eq!(
+            statuses
+                .iter()
+                .filter(|s| **s == StatusCode::SEE_OTHER)
+                .count(),
+            1,
+            "round {round}: {statuses:?}"
+        );
+        assert!(
+            statuses.iter().all(|s| [
+                StatusCode::SEE_OTHER,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                StatusCode::GONE
+            ]
+            .contains(s)),
+            "{statuses:?}"
+        );
+        assert_eq!(accounts_for(&app, &email).await, 1);
+        assert_status(
+            &app.browser().sign_in(&email, STRANGERS_PASSWORD).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        );
+        assert_status(
+            &app.browser().sign_in(&email, PASSWORD).await,
+            StatusCode::SEE_OTHER,
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_wrong_password_keeps_the_link_usable_until_the_fifth() {
+    let app = open_app().await;
+    let browser = app.browser();
+    let token = sign_up_link(&app, &browser, "alice@example.com", PASSWORD, 1).await;
+    for _ in 0..4 {
+        let wrong = confirm_with(&browser, &token, STRANGERS_PASSWORD).await;
+        assert_status(&wrong, StatusCode::UNPROCESSABLE_ENTITY);
+        let page = wrong.text().await.unwrap();
+        assert!(page.contains("<title>Error: "), "an error title");
+        assert!(page.contains("name=\"password\"") && page.contains(&token));
+        assert_status(
+            &browser
+                .get(&format!("/sign-up/confirm?token={token}"))
+                .await,
+            StatusCode::OK,
+        );
+    }
+    assert_eq!(accounts_for(&app, "alice@example.com").await, 0);
+    assert_status(
+        &confirm_with(&browser, &token, STRANGERS_PASSWORD).await,
+        StatusCode::GONE,
+    );
+    // Void now, even for the right password.
+    assert_status(&confirm(&browser, &token).await, StatusCode::GONE);
+    assert_eq!(accounts_for(&app, "alice@example.com").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_wrong_passwords_at_once_on_two_instances_are_checked_at_most_five_times() {
+    let app = open_app().await;
+    let other = app.spawn_sibling().await;
+    for round in 0..ROUNDS {
+        let email = format!("alice{round}@example.com");
+        let browser = app.browser();
+        let token = sign_up_link(&app, &browser, &email, PASSWORD, 1).await;
+        let csrf = browser.csrf_token("/sign-up").await;
+        let cookie = burst::cookie_header(&browser, &app.base);
+        let requests = spread([&app.base, &other.base], 20, SOURCES, |base| {
+            let fields = [
+                ("token", token.as_str()),
+                ("password", STRANGERS_PASSWORD),
+                ("csrf_token", csrf.as_str()),
+            ];
+            burst::form_post(base, "/sign-up/confirm", &cookie, &fields)
+        });
+        let answers = burst::burst(requests).await;
+        let tally = burst::tally(&answers);
+        eprintln!("round {round}: {tally:?}");
+        assert_eq!(with_status(&answers, 422), 4, "round {round}: {tally:?}");
+        assert_eq!(with_status(&answers, 410), 16, "round {round}: {tally:?}");
+        let (failures,): (i32,) =
+            sqlx::query_as("select failed_attempts from sign_ups where email_key = $1")
+                .bind(&email)
+                .fetch_one(&app.pool)
+                .await
+                .unwrap();
+        assert_eq!(failures, 5, "round {round}");
+        assert_status(&confirm(&browser, &token).await, StatusCode::GONE);
+        assert_eq!(accounts_for(&app, &email).await, 0, "round {round}");
+    }
+}
+
+#[tokio::test]
+async fn a_sign_up_for_a_disabled_accounts_address_says_to_contact_the_operator() {
+    let app = open_app().await;
+    app.create_user("alice@example.com", PASSWORD).await;
+    sqlx::query("update users set disabled_at = now()")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let answer = sign_up(
+        &app.browser(),
+        "alice@example.com",
+        NEW_PASSWORD,
+        NEW_PASSWORD,
+    )
+    .await;
+    assert_status(&answer, StatusCode::OK);
+    let mails = app.mails_to("alice@example.com", 1).await;
+    assert_eq!(mails.len(), 1);
+    let text = mails[0].text_body().unwrap();
+    assert!(text.contains("That account is disabled"), "{text}");
+    assert!(
+        text.contains("contact the person who runs latchkey"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("/forgot-password"),
+        "no reset offered: {text}"
+    );
+    let html = mails[0].html_body().unwrap();
+    assert!(!html.contains("/forgot-password"), "{html}");
 }

@@ -285,8 +285,10 @@ async fn a_certificate_from_an_unknown_ca_is_refused_and_named() {
     // The service still starts; the mail waits, and /readyz says why.
     let app = TestApp::spawn_with(|config| {
         config.smtp_url = Some(SecretString::from(url));
+        config.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"));
     })
     .await;
+    let metrics_base = app.metrics_base().expect("a metrics listener");
     ask_for_reset(&app, "carol@example.com").await;
     let (attempts, class, error) = outbox_row_when(&app, "pending").await;
     assert!(attempts >= 1);
@@ -295,7 +297,7 @@ async fn a_certificate_from_an_unknown_ca_is_refused_and_named() {
         Some("certificate_not_trusted"),
         "{error:?}"
     );
-    let ready = app.browser().get("/readyz").await;
+    let ready = Browser::new(&metrics_base).get("/readyz").await;
     assert_status(&ready, StatusCode::OK);
     let body = ready.text().await.expect("body");
     assert!(body.contains("outbox pending=1"), "{body}");
@@ -303,8 +305,7 @@ async fn a_certificate_from_an_unknown_ca_is_refused_and_named() {
         body.contains("mail last_error=certificate_not_trusted"),
         "{body}"
     );
-    let metrics = app
-        .browser()
+    let metrics = Browser::new(&metrics_base)
         .get("/metrics")
         .await
         .text()
@@ -333,8 +334,10 @@ async fn wrong_credentials_are_a_permanent_failure_with_a_clear_message() {
     let app = TestApp::spawn_with(|config| {
         config.smtp_url = Some(SecretString::from(url));
         config.smtp_ca_file = Some(ca);
+        config.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"));
     })
     .await;
+    let metrics_base = app.metrics_base().expect("a metrics listener");
     ask_for_reset(&app, "dave@example.com").await;
     let (attempts, class, error) = outbox_row_when(&app, "failed").await;
     assert_eq!(attempts, 1, "a 5xx is not retried");
@@ -342,8 +345,7 @@ async fn wrong_credentials_are_a_permanent_failure_with_a_clear_message() {
     let error = error.expect("reason kept");
     assert!(error.contains("535"), "{error}");
     assert!(!error.contains("not-the-password"), "{error}");
-    let metrics = app
-        .browser()
+    let metrics = Browser::new(&metrics_base)
         .get("/metrics")
         .await
         .text()
@@ -478,4 +480,58 @@ async fn a_pending_mail_holds_no_link_in_clear() {
     assert!(!dump.is_empty(), "the reset mail is queued");
     assert!(!dump.contains("reset-password"), "link in clear: {dump}");
     assert!(!dump.contains("token="), "token in clear: {dump}");
+}
+
+#[tokio::test]
+async fn mail_the_relay_refused_for_our_credentials_is_sent_after_mail_retry() {
+    let Some(smtp) = TlsRelay::start("starttls") else {
+        return;
+    };
+    let ca = smtp.ca_file();
+    let wrong = smtp.url(&format!("smtp://{USER}:not-the-password@"), "?tls=required");
+    let mut app = TestApp::spawn_with(|config| {
+        config.smtp_url = Some(SecretString::from(wrong));
+        config.smtp_ca_file = Some(ca.clone());
+    })
+    .await;
+    ask_for_reset(&app, "erin@example.com").await;
+    let (_, class, _) = outbox_row_when(&app, "failed").await;
+    assert_eq!(class.as_deref(), Some("auth_refused"));
+    // Its body waits sealed, never in plain text.
+    assert_eq!(
+        app.count("select count(*) from outbox where body_enc is not null and text_body is null")
+            .await,
+        1
+    );
+    app.stop().await;
+
+    // The operator fixes the credentials and runs `latchkey mail retry`.
+    let out = Command::new(env!("CARGO_BIN_EXE_latchkey"))
+        .args(["mail", "retry"])
+        .env("DATABASE_URL", &app.database_url)
+        .env("LATCHKEY_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run latchkey mail retry");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("1 message(s)"), "{stdout}");
+    let right = smtp.url(&format!("smtp://{USER}:{SECRET}@"), "?tls=required");
+    let database_url = app.database_url.clone();
+    let _fixed = TestApp::spawn_with(|config| {
+        config.database_url = SecretString::from(database_url);
+        config.smtp_url = Some(SecretString::from(right));
+        config.smtp_ca_file = Some(ca);
+    })
+    .await;
+    let delivered = smtp.delivered(1).await;
+    assert_eq!(delivered.len(), 1);
+    assert!(
+        delivered[0].contains("reset-password?token="),
+        "the reset link arrives"
+    );
 }

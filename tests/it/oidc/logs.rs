@@ -23,7 +23,7 @@ async fn a_whole_flow_at_debug_level_logs_no_code_token_or_secret() {
         browser.sign_in(EMAIL, PASSWORD).await.status(),
         StatusCode::SEE_OTHER
     );
-    let session = browser.session_cookie().expect("session cookie");
+    let session = browser.session_id().expect("session id");
 
     let (verifier, challenge) = pkce();
     let response = browser.get(&authorize_path(&rp, &challenge, &[])).await;

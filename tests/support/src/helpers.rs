@@ -70,6 +70,9 @@ impl TestApp {
         config.secret_key = Some(SecretString::from(
             base64::engine::general_purpose::STANDARD.encode([42u8; 32]),
         ));
+        // Off unless a test turns it on: every other test counts the mails it expects, and
+        // a sign-in from each new test browser would add one.
+        config.new_device_mail = latchkey::config::OnOff::Off;
         tweak(&mut config);
         // The app drops the database it named only if it runs on it (a tweak may reach it
         // through a proxy, or put this app on another app's database, which that app drops).
@@ -413,6 +416,13 @@ impl Browser {
             .split("; ")
             .find_map(|c| c.strip_prefix("latchkey_session="))
             .map(str::to_owned)
+    }
+
+    /// The session id the session cookie carries: the part before its MAC
+    /// (`<id>.<mac>`), as the database knows the session (by its digest).
+    pub fn session_id(&self) -> Option<String> {
+        let cookie = self.session_cookie()?;
+        cookie.split_once('.').map(|(id, _)| id.to_owned())
     }
 
     /// A second browser that holds only `session` as its session cookie.

@@ -88,6 +88,8 @@ impl ServiceProcess {
             .env("LATCHKEY_PUBLIC_URL", &base)
             .env("LATCHKEY_SMTP_URL", smtp_url)
             .env("LATCHKEY_IP_RATE_LIMIT", "0")
+            // As in TestApp: on only where a test sets it.
+            .env("LATCHKEY_NEW_DEVICE_MAIL", "off")
             .env(
                 "LATCHKEY_LOG",
                 std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()),
