@@ -44,6 +44,7 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
     let cookie_domain = config.cookie_domain()?;
     let destinations = Arc::new(config.destinations()?);
     let trusted_proxies = Arc::new(config.trusted_proxies()?);
+    let passkeys = crate::passkeys::Passkeys::from_config(&config)?.map(Arc::new);
     let keys = Arc::new(Keys::load(config.secret_key.as_ref(), config.is_https())?);
     let pool = db::connect(&config).await?;
     db::prepare_schema(&config, &pool).await?;
@@ -56,6 +57,7 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         cookie_domain,
         destinations,
         trusted_proxies,
+        passkeys,
         config: Arc::new(config),
         pool,
         keys,
@@ -125,6 +127,7 @@ pub fn router(state: AppState) -> Router {
         .merge(web::reset_password::router())
         .merge(web::settings_security::router())
         .merge(web::two_factor::router())
+        .merge(web::passkeys::router())
         .merge(web::password_strength::router())
         .merge(web::oidc::pages_router())
         .layer(session_layer.clone())

@@ -47,6 +47,8 @@ pub struct Config {
     pub allowed_hosts: Vec<String>,
     /// A parent domain of `public_url`'s host for the session cookie; unset: host-only.
     pub cookie_domain: Option<String>,
+    /// The passkeys' relying party id: `public_url`'s host or a parent domain; unset: the host.
+    pub webauthn_rp_id: Option<String>,
     /// CIDRs whose `X-Forwarded-*` / `X-Original-*` headers are believed.
     #[serde(deserialize_with = "comma_list")]
     pub trusted_proxies: Vec<String>,
@@ -289,6 +291,40 @@ impl Config {
         Ok(Some(domain))
     }
 
+    /// The passkeys' relying party id, lowercase: `LATCHKEY_WEBAUTHN_RP_ID` when set (refused
+    /// unless it is `public_url`'s host or a parent domain of it), else `public_url`'s host.
+    /// `None` when the host is an IP address and nothing is set: an IP address cannot be a
+    /// relying party id, so passkeys are off.
+    pub fn webauthn_rp_id(&self) -> anyhow::Result<Option<String>> {
+        let host = self
+            .public_url
+            .host_str()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        let is_ip = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok();
+        let raw = self.webauthn_rp_id.as_deref().map(str::trim).unwrap_or("");
+        if raw.is_empty() {
+            return Ok((!is_ip && is_ascii_host(&host)).then_some(host));
+        }
+        let rp_id = raw.to_ascii_lowercase();
+        let parent = host.len() > rp_id.len()
+            && host.ends_with(&rp_id)
+            && host.as_bytes()[host.len() - rp_id.len() - 1] == b'.'
+            && rp_id.contains('.');
+        if is_ip || !is_ascii_host(&rp_id) || !(host == rp_id || parent) {
+            anyhow::bail!(
+                "webauthn_rp_id {raw:?} is neither public_url's host ({host:?}) nor a parent \
+                 domain of it: set LATCHKEY_WEBAUTHN_RP_ID to the domain that latchkey's host \
+                 ends with (e.g. example.com for auth.example.com), or leave it unset"
+            );
+        }
+        Ok(Some(rp_id))
+    }
+
     /// The development mailbox (`/dev/mailbox`) exists only when mail goes to files and
     /// the service is reached over plain http on a loopback address: someone trying it on
     /// their own machine.
@@ -380,5 +416,44 @@ mod tests {
             config.cookie_domain = Some(bad.into());
             assert!(config.cookie_domain().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn webauthn_rp_id_is_the_host_or_a_parent_and_never_an_ip() {
+        let mut config = Config::defaults().unwrap();
+        config.public_url = "https://auth.id.example.com".parse().unwrap();
+        assert_eq!(
+            config.webauthn_rp_id().unwrap().as_deref(),
+            Some("auth.id.example.com")
+        );
+        for ok in ["example.com", "ID.example.com", "auth.id.example.com"] {
+            config.webauthn_rp_id = Some(ok.into());
+            assert_eq!(
+                config.webauthn_rp_id().unwrap(),
+                Some(ok.to_ascii_lowercase()),
+                "{ok}"
+            );
+        }
+        for bad in [
+            "ample.com",
+            "other.com",
+            "com",
+            "x.auth.id.example.com",
+            "example.com:443",
+        ] {
+            config.webauthn_rp_id = Some(bad.into());
+            assert!(config.webauthn_rp_id().is_err(), "{bad}");
+        }
+        config.webauthn_rp_id = None;
+        config.public_url = "http://127.0.0.1:8080".parse().unwrap();
+        assert_eq!(config.webauthn_rp_id().unwrap(), None);
+        config.webauthn_rp_id = Some("127.0.0.1".into());
+        assert!(config.webauthn_rp_id().is_err());
+        config.public_url = "http://localhost:8080".parse().unwrap();
+        config.webauthn_rp_id = None;
+        assert_eq!(
+            config.webauthn_rp_id().unwrap().as_deref(),
+            Some("localhost")
+        );
     }
 }

@@ -18,6 +18,8 @@ pub mod keys;
 pub mod mail;
 /// Sign in with latchkey: the OpenID Connect provider's rules, beside `auth`.
 pub mod oidc;
+/// Passkeys (WebAuthn): registration, sign-in and reset checks, beside `auth`.
+pub mod passkeys;
 /// A private Postgres cluster under `var/postgres` for a first run with no database set up.
 pub mod private_postgres;
 /// SQL, one module per table.

@@ -46,6 +46,12 @@ const RULES: &[Rule] = &[
         exceptions: &[],
     },
     Rule {
+        layer: "passkeys",
+        forbidden_modules: Some(&["app", "web", "cli"]),
+        forbidden_crates: HTTP_CRATES,
+        exceptions: &[],
+    },
+    Rule {
         layer: "oidc",
         forbidden_modules: Some(&["app", "web", "cli"]),
         forbidden_crates: HTTP_CRATES,

@@ -11,6 +11,7 @@ use crate::domain::password::{PolicyContext, PolicyViolation};
 use crate::domain::token::ResetToken;
 use crate::mail::messages;
 use crate::store::audit::{self, EventKind};
+use crate::store::passkeys;
 use crate::store::reachability::{self, Unavailable};
 use crate::store::reset_tokens::{self, TokenState};
 use crate::store::throttle;
@@ -168,6 +169,33 @@ pub async fn check_link(accounts: &Accounts, token: &str) -> Result<users::User,
         .ok_or(ResetError::Token(TokenProblem::Invalid))
 }
 
+/// Proof that the owner of `user_id` verified one of the account's passkeys just now;
+/// only the passkey rules make one (after webauthn-rs verified the answer).
+#[derive(Debug)]
+pub struct PasskeyVerified {
+    user_id: uuid::Uuid,
+}
+
+impl PasskeyVerified {
+    pub(crate) fn for_user(user_id: uuid::Uuid) -> PasskeyVerified {
+        PasskeyVerified { user_id }
+    }
+}
+
+/// What the reset form offers besides the new password: a code typed in the code field
+/// (TOTP or recovery code; empty when there is none), or a verified passkey.
+#[derive(Debug)]
+pub enum ResetProof<'a> {
+    Code(&'a str),
+    Passkey(PasskeyVerified),
+}
+
+/// Whether the reset form of this account must ask for an authentication option: it has
+/// two-factor, or passkeys (a stolen mailbox must not be enough to take either over).
+pub async fn needs_proof(accounts: &Accounts, user: &users::User) -> anyhow::Result<bool> {
+    Ok(user.has_two_factor() || passkeys::count_for_user(&accounts.pool, user.id).await? > 0)
+}
+
 /// Wrong codes a link survives.
 const CODE_ATTEMPTS_PER_TOKEN: i32 = 5;
 
@@ -180,7 +208,7 @@ pub async fn complete_reset(
     token: &str,
     new_password: &str,
     confirm: &str,
-    totp_code: &str,
+    proof: ResetProof<'_>,
     origin: &Origin,
 ) -> Result<uuid::Uuid, ResetError> {
     let user = check_link(accounts, token).await?;
@@ -195,8 +223,18 @@ pub async fn complete_reset(
     let digest = ResetToken::parse(token)
         .ok_or(ResetError::Token(TokenProblem::Invalid))?
         .digest();
-    // A stolen mailbox alone must not be enough: the second factor is asked here too.
-    if user.has_two_factor() {
+    // A stolen mailbox alone must not be enough: the second factor (or a passkey, or a
+    // recovery code) is asked here too.
+    let totp_code = match proof {
+        ResetProof::Passkey(verified) if verified.user_id == user.id => None,
+        ResetProof::Passkey(_) => Some(""),
+        ResetProof::Code(code) => Some(code),
+    };
+    let totp_code = match totp_code {
+        Some(code) if needs_proof(accounts, &user).await? => Some(code),
+        _ => None,
+    };
+    if let Some(totp_code) = totp_code {
         match two_factor::check_code(accounts, &user, totp_code).await {
             Ok(()) => {}
             Err(TwoFactorError::WrongCode) => {

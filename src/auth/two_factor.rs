@@ -509,6 +509,25 @@ pub async fn complete_sign_in(
     Ok(user)
 }
 
+/// Ten new recovery codes for an account that has none left (its first passkey): stored
+/// in `conn`'s transaction, returned to show once.
+pub async fn issue_recovery_codes_if_none(
+    accounts: &Accounts,
+    conn: &mut sqlx::PgConnection,
+    user: &User,
+) -> anyhow::Result<Option<Vec<String>>> {
+    if store::unused_recovery_codes_in(&mut *conn, user.id).await? > 0 {
+        return Ok(None);
+    }
+    let codes = generate_recovery_codes();
+    let hashes: Vec<Vec<u8>> = codes
+        .iter()
+        .map(|c| recovery_hash(&accounts.keys.recovery, user.id, c))
+        .collect();
+    store::replace_recovery_codes(conn, user.id, &hashes).await?;
+    Ok(Some(codes))
+}
+
 pub async fn unused_recovery_codes(accounts: &Accounts, user: &User) -> anyhow::Result<i64> {
     store::unused_recovery_codes(&accounts.pool, user.id).await
 }

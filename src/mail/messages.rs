@@ -172,6 +172,14 @@ pub fn security_change(
             "New sign-in to your account",
             "Someone signed in from a browser not used before",
         ),
+        EventKind::PasskeyAdded => (
+            "A passkey was added to your latchkey account",
+            "A passkey was added",
+        ),
+        EventKind::PasskeyRemoved => (
+            "A passkey was removed from your latchkey account",
+            "A passkey was removed",
+        ),
         _ => (
             "New recovery codes for your latchkey account",
             "New two-factor recovery codes were made, and the old ones stopped working",

@@ -31,6 +31,8 @@ pub enum EventKind {
     TwoFactorRemovedByOperator,
     /// A sign-in from a browser the account had not used before (its owner was mailed).
     NewDeviceSignIn,
+    PasskeyAdded,
+    PasskeyRemoved,
 }
 
 impl EventKind {
@@ -53,6 +55,8 @@ impl EventKind {
             EventKind::AccountCreated => "account_created",
             EventKind::TwoFactorRemovedByOperator => "two_factor_removed_by_operator",
             EventKind::NewDeviceSignIn => "new_device_sign_in",
+            EventKind::PasskeyAdded => "passkey_added",
+            EventKind::PasskeyRemoved => "passkey_removed",
         }
     }
 
@@ -78,6 +82,8 @@ impl EventKind {
                 "An administrator removed two-factor authentication and signed out every session"
             }
             "new_device_sign_in" => "Signed in from a new browser",
+            "passkey_added" => "Passkey added",
+            "passkey_removed" => "Passkey removed",
             _ => "Security event",
         }
     }

@@ -12,6 +12,7 @@ pub mod oidc_keys;
 pub mod oidc_logout;
 pub mod oidc_requests;
 pub mod outbox;
+pub mod passkeys;
 pub mod reachability;
 pub mod reset_tokens;
 pub mod sessions;

@@ -76,10 +76,15 @@ pub async fn disable(conn: &mut PgConnection, user_id: Uuid) -> anyhow::Result<(
     .execute(&mut *conn)
     .await
     .context("turning two-factor off")?;
-    sqlx::query!("delete from recovery_codes where user_id = $1", user_id)
-        .execute(conn)
-        .await
-        .context("deleting recovery codes")?;
+    // An account with passkeys keeps its codes: they are how it resets without one.
+    sqlx::query!(
+        "delete from recovery_codes where user_id = $1
+         and not exists (select 1 from passkeys where passkeys.user_id = $1)",
+        user_id
+    )
+    .execute(conn)
+    .await
+    .context("deleting recovery codes")?;
     Ok(())
 }
 
@@ -143,6 +148,25 @@ pub async fn unused_recovery_codes(pool: &PgPool, user_id: Uuid) -> anyhow::Resu
         user_id,
     )
     .fetch_one(pool)
+    .await
+    .context("counting unused recovery codes")
+}
+
+/// [`unused_recovery_codes`] inside a transaction, with the account's codes locked.
+#[tracing::instrument(skip(conn))]
+pub async fn unused_recovery_codes_in(
+    conn: &mut PgConnection,
+    user_id: Uuid,
+) -> anyhow::Result<i64> {
+    sqlx::query!("select id from users where id = $1 for update", user_id)
+        .fetch_optional(&mut *conn)
+        .await
+        .context("locking an account")?;
+    sqlx::query_scalar!(
+        r#"select count(*) as "count!" from recovery_codes where user_id = $1 and used_at is null"#,
+        user_id,
+    )
+    .fetch_one(conn)
     .await
     .context("counting unused recovery codes")
 }

@@ -12,6 +12,7 @@ pub mod health;
 pub mod home;
 pub mod oidc;
 pub mod pages;
+pub mod passkeys;
 pub mod password_strength;
 pub mod reset_password;
 pub mod session;

@@ -46,6 +46,15 @@ struct SessionRow {
     last_seen_iso: String,
 }
 
+struct PasskeyRow {
+    id: uuid::Uuid,
+    name: String,
+    synced: bool,
+    created: String,
+    created_iso: String,
+    last_used: Option<(String, String)>,
+}
+
 struct ActivityRow {
     what: &'static str,
     when: String,
@@ -64,6 +73,10 @@ struct SecurityPage {
     sessions: Vec<SessionRow>,
     has_others: bool,
     activity: Vec<ActivityRow>,
+    /// `None` while passkeys are off.
+    passkeys: Option<Vec<PasskeyRow>>,
+    /// Adding or removing a passkey asks for the password (no recent passkey sign-in).
+    passkey_password_needed: bool,
     /// Connected applications (Sign in with latchkey).
     connected: Vec<super::oidc::ConnectedRow>,
 }
@@ -92,7 +105,7 @@ fn ago(t: OffsetDateTime) -> String {
     format!("{n} {unit}{} ago", if n == 1 { "" } else { "s" })
 }
 
-async fn render_page(
+pub(super) async fn render_page(
     state: &AppState,
     csrf: &str,
     current: &CurrentUser,
@@ -132,6 +145,25 @@ async fn render_page(
             browser: describe_user_agent(e.user_agent.as_deref()),
         })
         .collect();
+    let passkeys = match &state.passkeys {
+        Some(_) => Some(
+            crate::passkeys::list(&state.accounts, &current.user)
+                .await?
+                .into_iter()
+                .map(|p| PasskeyRow {
+                    id: p.id,
+                    name: p.name,
+                    synced: p.synced,
+                    created: human(p.created_at),
+                    created_iso: iso(p.created_at),
+                    last_used: p.last_used_at.map(|t| (ago(t), iso(t))),
+                })
+                .collect(),
+        ),
+        None => None,
+    };
+    let passkey_password_needed =
+        !super::passkeys::recent_passkey_sign_in(&current.session).await?;
     let page = SecurityPage {
         layout: Layout::new("Security", csrf)
             .signed_in(current.user.email.as_str())
@@ -150,6 +182,8 @@ async fn render_page(
         has_others,
         sessions: rows,
         activity,
+        passkeys,
+        passkey_password_needed,
         connected: super::oidc::connected_rows(&state.oidc, current.user.id).await?,
     };
     Ok(pages::render(status, &page))
@@ -176,6 +210,9 @@ fn notice_text(query: &NoticeQuery) -> Option<String> {
         "session-revoked" => Some("The session was signed out.".to_owned()),
         "application-removed" => Some("The application no longer has access.".to_owned()),
         "two-factor-off" => Some("Two-factor authentication is off.".to_owned()),
+        "passkey-added" => Some("Your passkey is added. You can sign in with it.".to_owned()),
+        "passkey-renamed" => Some("The passkey was renamed.".to_owned()),
+        "passkey-removed" => Some("The passkey was removed. It can no longer sign in.".to_owned()),
         _ => None,
     }
 }

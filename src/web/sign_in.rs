@@ -39,6 +39,8 @@ struct SignInPage {
     next: Option<String>,
     reset_minutes: u64,
     sign_up_open: bool,
+    /// Passkeys are on: the page offers them (to browsers that run its script).
+    passkeys: bool,
 }
 
 impl SignInPage {
@@ -49,8 +51,22 @@ impl SignInPage {
             next: next.map(|n| n.as_str().to_owned()),
             reset_minutes: state.config.reset_token_ttl_secs.div_ceil(60),
             sign_up_open: state.config.sign_up == crate::config::SignUp::Open,
+            passkeys: state.passkeys.is_some(),
         }
     }
+}
+
+/// The sign-in form again with `errors` (a refused passkey sign-in, say).
+pub(super) fn page_with_errors(
+    state: &AppState,
+    csrf: &str,
+    next: Option<&SafeNext>,
+    errors: Errors,
+    status: StatusCode,
+) -> Response {
+    let mut page = SignInPage::new(state, csrf, String::new(), next);
+    page.layout = page.layout.with_errors(errors);
+    pages::render(status, &page)
 }
 
 #[derive(Deserialize)]
@@ -189,7 +205,7 @@ async fn sign_out(
 }
 
 /// The right password for a disabled account: 403, and whom to ask.
-fn account_disabled() -> Response {
+pub(super) fn account_disabled() -> Response {
     pages::render(
         StatusCode::FORBIDDEN,
         &ErrorPage::new(
@@ -200,14 +216,14 @@ fn account_disabled() -> Response {
     )
 }
 
-fn wait_message(retry_after: Duration) -> String {
+pub(super) fn wait_message(retry_after: Duration) -> String {
     format!(
         "Too many attempts. Wait {} and try again.",
         pages::describe_wait(retry_after)
     )
 }
 
-fn throttled(mut response: Response, retry_after: Duration) -> Response {
+pub(super) fn throttled(mut response: Response, retry_after: Duration) -> Response {
     if let Ok(v) = HeaderValue::from_str(&retry_after.as_secs().to_string()) {
         response.headers_mut().insert(header::RETRY_AFTER, v);
     }

@@ -60,6 +60,8 @@ pub struct AppState {
     pub destinations: Arc<Destinations>,
     /// Peers whose forwarding headers are believed.
     pub trusted_proxies: Arc<TrustedProxies>,
+    /// The passkeys' relying party; `None` when passkeys are off (an IP-address host).
+    pub passkeys: Option<Arc<crate::passkeys::Passkeys>>,
     /// Sign in with latchkey: the OpenID provider's rules.
     pub oidc: crate::oidc::Provider,
 }

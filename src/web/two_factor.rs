@@ -194,7 +194,7 @@ async fn failed(
     .await
 }
 
-fn codes_page(
+pub(super) fn codes_page(
     csrf: &str,
     current: &CurrentUser,
     title: &str,

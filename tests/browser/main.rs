@@ -11,6 +11,7 @@
 mod driver;
 mod flows;
 mod page;
+mod passkeys;
 
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
@@ -20,7 +21,7 @@ use driver::Driver;
 use latchkey_test_support::helpers::{self, TestApp};
 use page::{Page, Report};
 
-const FLOWS: [&str; 9] = [
+const FLOWS: [&str; 10] = [
     "sign_in_and_out",
     "forgot_password",
     "change_password",
@@ -29,6 +30,7 @@ const FLOWS: [&str; 9] = [
     "dead_ends",
     "forward_auth",
     "sign_up",
+    "passkeys",
     "oidc",
 ];
 
@@ -41,6 +43,7 @@ async fn run_flow(name: &str, app: &TestApp, page: &Page, driver: &Driver) {
         "two_factor" => flows::two_factor(app, page).await,
         "dead_ends" => flows::dead_ends(app, page).await,
         "sign_up" => flows::sign_up(app, page).await,
+        "passkeys" => passkeys::passkeys(app, page).await,
         "oidc" => flows::oidc(app, page).await,
         other => unreachable!("unknown flow {other}"),
     }
@@ -124,10 +127,28 @@ async fn run(selected: Vec<(&'static str, bool)>) -> ExitCode {
             // Sign-up is closed by default; its flow runs with it open.
             let app = if flow == "sign_up" {
                 TestApp::spawn_with(|c| c.sign_up = latchkey::config::SignUp::Open).await
+            } else if flow == "passkeys" {
+                // Passkeys need a domain name for their RP id, and localhost is a
+                // secure context for the browser.
+                TestApp::spawn_with(|c| {
+                    let port = c.listen.port();
+                    c.public_url = format!("http://localhost:{port}").parse().expect("url");
+                })
+                .await
             } else {
                 TestApp::spawn().await
             };
-            let page = Page::new(client, &app.base, javascript, axe, report).await;
+            let base = if flow == "passkeys" {
+                app.state()
+                    .config
+                    .public_url
+                    .as_str()
+                    .trim_end_matches('/')
+                    .to_owned()
+            } else {
+                app.base.clone()
+            };
+            let page = Page::new(client, &base, javascript, axe, report).await;
             run_flow(flow, &app, &page, &flow_driver).await;
         })
         .await;

@@ -19,6 +19,7 @@ mod instances;
 mod migrations;
 mod oidc;
 mod operator;
+mod passkeys;
 mod private_postgres;
 mod proxies;
 mod races;
