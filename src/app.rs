@@ -49,7 +49,10 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
     let pool = db::connect(&config).await?;
     db::prepare_schema(&config, &pool).await?;
     let accounts = Accounts::start(&config, pool.clone(), keys.clone())?;
+    let oidc = crate::oidc::Provider::new(&config, accounts.clone());
+    oidc.signer.ensure_keys().await?;
     Ok(AppState {
+        oidc,
         cookie_names: CookieNames::for_config(&config, cookie_domain.is_some()),
         cookie_domain,
         destinations,
@@ -126,7 +129,8 @@ pub fn router(state: AppState) -> Router {
         .merge(web::two_factor::router())
         .merge(web::passkeys::router())
         .merge(web::password_strength::router())
-        .layer(session_layer)
+        .merge(web::oidc::pages_router())
+        .layer(session_layer.clone())
         // The cookie's MAC is checked (and set) here, in front of the session layer.
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -151,14 +155,40 @@ pub fn router(state: AppState) -> Router {
         None => pages,
     };
 
+    // Relying parties send browsers here (a GET, or a cross-site form POST that carries
+    // no CSRF token): the session, as the pages have it, without the CSRF check.
+    let oidc_browser = web::oidc::browser_router()
+        .layer(session_layer)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            web::session_cookie::translate,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            web::session_save_failed,
+        ));
+    let oidc_browser = match state.cookie_domain {
+        Some(_) => oidc_browser.layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            web::session_binding::guard,
+        )),
+        None => oidc_browser,
+    };
+
     // `/metrics` is never on this listener (see `metrics_router`).
     let mut app = Router::new()
         .merge(pages)
+        .merge(oidc_browser)
+        .merge(web::oidc::api_router())
         .merge(web::forward_auth::router())
         .merge(web::health::router())
         .merge(static_routes())
         .fallback(|| async { AppError::NotFound.into_response() })
-        .layer(axum::middleware::from_fn(telemetry::record_http));
+        .layer(axum::middleware::from_fn(telemetry::record_http))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            web::oidc::form_action,
+        ));
     for layer in web::headers::layers(&state.config.allowed_hosts) {
         app = app.layer(layer);
     }
@@ -226,6 +256,7 @@ impl Server {
                 from,
                 stopping.clone(),
             ),
+            crate::oidc::logout::spawn_worker(state.oidc.clone(), stopping.clone()),
             tokio::spawn(housekeeping(
                 state.pool.clone(),
                 Duration::from_secs(state.config.housekeeping_interval_secs.max(1)),

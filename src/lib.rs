@@ -16,6 +16,8 @@ pub mod domain;
 pub mod keys;
 /// Mail messages, outbox and delivery.
 pub mod mail;
+/// Sign in with latchkey: the OpenID Connect provider's rules, beside `auth`.
+pub mod oidc;
 /// Passkeys (WebAuthn): registration, sign-in and reset checks, beside `auth`.
 pub mod passkeys;
 /// A private Postgres cluster under `var/postgres` for a first run with no database set up.

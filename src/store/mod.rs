@@ -5,6 +5,12 @@
 pub mod audit;
 pub mod devices;
 pub mod housekeeping;
+pub mod oidc_clients;
+pub mod oidc_consents;
+pub mod oidc_grants;
+pub mod oidc_keys;
+pub mod oidc_logout;
+pub mod oidc_requests;
 pub mod outbox;
 pub mod passkeys;
 pub mod reachability;

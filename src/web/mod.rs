@@ -10,6 +10,7 @@ pub mod forward_auth;
 pub mod headers;
 pub mod health;
 pub mod home;
+pub mod oidc;
 pub mod pages;
 pub mod passkeys;
 pub mod password_strength;

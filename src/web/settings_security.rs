@@ -77,6 +77,8 @@ struct SecurityPage {
     passkeys: Option<Vec<PasskeyRow>>,
     /// Adding or removing a passkey asks for the password (no recent passkey sign-in).
     passkey_password_needed: bool,
+    /// Connected applications (Sign in with latchkey).
+    connected: Vec<super::oidc::ConnectedRow>,
 }
 
 fn iso(t: OffsetDateTime) -> String {
@@ -182,6 +184,7 @@ pub(super) async fn render_page(
         activity,
         passkeys,
         passkey_password_needed,
+        connected: super::oidc::connected_rows(&state.oidc, current.user.id).await?,
     };
     Ok(pages::render(status, &page))
 }
@@ -205,6 +208,7 @@ fn notice_text(query: &NoticeQuery) -> Option<String> {
         )),
         "sessions-revoked" => Some(others(query.count.unwrap_or(0))),
         "session-revoked" => Some("The session was signed out.".to_owned()),
+        "application-removed" => Some("The application no longer has access.".to_owned()),
         "two-factor-off" => Some("Two-factor authentication is off.".to_owned()),
         "passkey-added" => Some("Your passkey is added. You can sign in with it.".to_owned()),
         "passkey-renamed" => Some("The passkey was renamed.".to_owned()),

@@ -62,6 +62,14 @@ pub struct AppState {
     pub trusted_proxies: Arc<TrustedProxies>,
     /// The passkeys' relying party; `None` when passkeys are off (an IP-address host).
     pub passkeys: Option<Arc<crate::passkeys::Passkeys>>,
+    /// Sign in with latchkey: the OpenID provider's rules.
+    pub oidc: crate::oidc::Provider,
+}
+
+impl FromRef<AppState> for crate::oidc::Provider {
+    fn from_ref(state: &AppState) -> crate::oidc::Provider {
+        state.oidc.clone()
+    }
 }
 
 impl FromRef<AppState> for Accounts {

@@ -21,7 +21,7 @@ use driver::Driver;
 use latchkey_test_support::helpers::{self, TestApp};
 use page::{Page, Report};
 
-const FLOWS: [&str; 9] = [
+const FLOWS: [&str; 10] = [
     "sign_in_and_out",
     "forgot_password",
     "change_password",
@@ -31,6 +31,7 @@ const FLOWS: [&str; 9] = [
     "forward_auth",
     "sign_up",
     "passkeys",
+    "oidc",
 ];
 
 async fn run_flow(name: &str, app: &TestApp, page: &Page, driver: &Driver) {
@@ -43,6 +44,7 @@ async fn run_flow(name: &str, app: &TestApp, page: &Page, driver: &Driver) {
         "dead_ends" => flows::dead_ends(app, page).await,
         "sign_up" => flows::sign_up(app, page).await,
         "passkeys" => passkeys::passkeys(app, page).await,
+        "oidc" => flows::oidc(app, page).await,
         other => unreachable!("unknown flow {other}"),
     }
 }

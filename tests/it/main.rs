@@ -17,6 +17,7 @@ mod hostile;
 mod housekeeping;
 mod instances;
 mod migrations;
+mod oidc;
 mod operator;
 mod passkeys;
 mod private_postgres;
