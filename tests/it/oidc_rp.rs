@@ -8,18 +8,16 @@
 //! hidden fields, CSRF tokens, the pressed button). Without node, Apache or the module
 //! these tests fail under `CI` and skip otherwise (`.ci/install-oidc-rp`).
 
-use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use reqwest::StatusCode;
 use serde_json::Value as Json;
 
 use crate::echo::{EchoApp, Seen};
 use crate::helpers::*;
 use crate::two_factor::{code_at, enabled};
-use latchkey_test_support::apache::{self, Apache, Site};
+use latchkey_test_support::apache::{self, Apache, OidcProtected, add_client};
 use latchkey_test_support::relying_party::{
     self, BrowserStep, Decision, Person, Who, query_param, walk,
 };
@@ -30,62 +28,6 @@ const OTHER_EMAIL: &str = "bob@example.test";
 /// A relying party's redirect URI that the walk stops at (never fetched).
 const REDIRECT_URI: &str = "https://app.example.test/oidc/callback";
 const POST_LOGOUT_REDIRECT_URI: &str = "https://app.example.test/signed-out";
-
-/// Runs the operator's `latchkey` command on the app's database, with its secret key.
-fn latchkey(app: &TestApp, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_latchkey"))
-        .args(args)
-        .env("DATABASE_URL", &app.database_url)
-        .env("LATCHKEY_PUBLIC_URL", &app.base)
-        .env(
-            "LATCHKEY_SECRET_KEY",
-            base64::engine::general_purpose::STANDARD.encode([42u8; 32]),
-        )
-        .env("LATCHKEY_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .output()
-        .expect("run latchkey")
-}
-
-/// `latchkey oidc client add --id ID --name ID <args>`; returns the secret it printed
-/// once (`None` for a `--public` client).
-fn add_client(app: &TestApp, id: &str, args: &[&str]) -> Option<String> {
-    let mut all = vec!["oidc", "client", "add", "--id", id, "--name", id];
-    all.extend_from_slice(args);
-    let out = latchkey(app, &all);
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "oidc client add: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    if args.contains(&"--public") {
-        return None;
-    }
-    let secret = client_secret_in(&stdout)
-        .unwrap_or_else(|| panic!("no client secret in the output of client add:\n{stdout}"));
-    Some(secret)
-}
-
-/// The secret in `client add`'s output: the longest token of the line that names it (or
-/// of the only line).
-fn client_secret_in(stdout: &str) -> Option<String> {
-    let lines: Vec<&str> = stdout.lines().filter(|l| !l.trim().is_empty()).collect();
-    let line = lines
-        .iter()
-        .find(|l| l.to_lowercase().contains("secret"))
-        .or(if lines.len() == 1 {
-            lines.first()
-        } else {
-            None
-        })?;
-    line.split(|c: char| c.is_whitespace() || c == '"' || c == '\'' || c == ',')
-        .filter(|t| t.len() >= 20 && !t.contains(':'))
-        .max_by_key(|t| t.len())
-        .map(str::to_owned)
-}
 
 /// The discovery document, as any client reads it.
 async fn discovery(app: &TestApp) -> Json {
@@ -498,30 +440,10 @@ impl ApacheStack {
         if !apache::installed(test) {
             return None;
         }
-        let echo = EchoApp::start().await;
-        let app = TestApp::spawn().await;
+        let OidcProtected { app, echo, apache } = OidcProtected::start().await;
         // An account with two-factor on; its next sign-in needs a fresh code.
         let (_, secret, _) = enabled(&app, EMAIL).await;
         let user_id = users_id(&app, EMAIL).await;
-        let site = Site::on_free_port(&app.base, "apache", "", echo.addr);
-        let secret_of_client = add_client(
-            &app,
-            "apache",
-            &[
-                "--redirect-uri",
-                &site.redirect_uri(),
-                "--post-logout-redirect-uri",
-                &format!("{}/", site.app_url()),
-                "--backchannel-logout-uri",
-                &site.backchannel_logout_uri(),
-            ],
-        )
-        .expect("a confidential client");
-        let site = Site {
-            client_secret: secret_of_client,
-            ..site
-        };
-        let apache = Apache::start(site).await;
         let person = Person {
             email: EMAIL.to_owned(),
             password: PASSWORD.to_owned(),

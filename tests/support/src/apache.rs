@@ -281,3 +281,90 @@ Include \"{d}/latchkey-oidc.conf\"
 "
     )
 }
+
+/// Runs the operator's `latchkey oidc client add --id ID --name ID <args>` (the real
+/// binary) on `app`'s database and returns the secret it printed once (`None` for a
+/// `--public` client).
+pub fn add_client(app: &crate::helpers::TestApp, id: &str, args: &[&str]) -> Option<String> {
+    use base64::Engine;
+    let mut all = vec!["oidc", "client", "add", "--id", id, "--name", id];
+    all.extend_from_slice(args);
+    let out = Command::new(crate::process::latchkey_binary())
+        .args(&all)
+        .env("DATABASE_URL", &app.database_url)
+        .env("LATCHKEY_PUBLIC_URL", &app.base)
+        .env(
+            "LATCHKEY_SECRET_KEY",
+            base64::engine::general_purpose::STANDARD.encode([42u8; 32]),
+        )
+        .env("LATCHKEY_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run latchkey oidc client add");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "oidc client add: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if args.contains(&"--public") {
+        return None;
+    }
+    let secret = client_secret_in(&stdout)
+        .unwrap_or_else(|| panic!("no client secret in the output of client add:\n{stdout}"));
+    Some(secret)
+}
+
+/// The secret in `client add`'s output: the longest token of the line that names it (or
+/// of the only line).
+pub fn client_secret_in(stdout: &str) -> Option<String> {
+    let lines: Vec<&str> = stdout.lines().filter(|l| !l.trim().is_empty()).collect();
+    let line = lines
+        .iter()
+        .find(|l| l.to_lowercase().contains("secret"))
+        .or(if lines.len() == 1 { lines.first() } else { None })?;
+    line.split(|c: char| c.is_whitespace() || c == '"' || c == '\'' || c == ',')
+        .filter(|t| t.len() >= 20 && !t.contains(':'))
+        .max_by_key(|t| t.len())
+        .map(str::to_owned)
+}
+
+/// The client id the Apache stacks register.
+pub const CLIENT_ID: &str = "apache";
+
+/// latchkey (public URL `http://127.0.0.1:<port>`), the echo application, and Apache
+/// with mod_auth_openidc in front of it at `http://localhost:<port>`, registered on
+/// latchkey as the confidential client `apache` with its redirect URI, a
+/// post-logout redirect URI (`<app>/`) and its back-channel logout URI.
+pub struct OidcProtected {
+    pub app: crate::helpers::TestApp,
+    pub echo: crate::echo::EchoApp,
+    pub apache: Apache,
+}
+
+impl OidcProtected {
+    pub async fn start() -> OidcProtected {
+        let echo = crate::echo::EchoApp::start().await;
+        let app = crate::helpers::TestApp::spawn().await;
+        let site = Site::on_free_port(&app.base, CLIENT_ID, "", echo.addr);
+        let secret = add_client(
+            &app,
+            CLIENT_ID,
+            &[
+                "--redirect-uri",
+                &site.redirect_uri(),
+                "--post-logout-redirect-uri",
+                &format!("{}/", site.app_url()),
+                "--backchannel-logout-uri",
+                &site.backchannel_logout_uri(),
+            ],
+        )
+        .expect("a confidential client");
+        let apache = Apache::start(Site {
+            client_secret: secret,
+            ..site
+        })
+        .await;
+        OidcProtected { app, echo, apache }
+    }
+}
