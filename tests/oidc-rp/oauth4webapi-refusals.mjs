@@ -79,11 +79,12 @@ function redeem(callback, state, codeVerifier, options = {}) {
 
 /** `run()` must throw: how it was refused, and what the token endpoint last answered. */
 async function refusal(run, endpoint = as.token_endpoint, fetchUsed = fetcher) {
+  const answer = () => (endpoint === null ? {} : { answer: fetchUsed.last(endpoint) });
   try {
     await run();
-    return { refused: false, answer: fetchUsed.last(endpoint) };
+    return { refused: false, ...answer() };
   } catch (error) {
-    return { refused: true, ...describe(error), answer: fetchUsed.last(endpoint) };
+    return { refused: true, ...describe(error), ...answer() };
   }
 }
 
@@ -251,23 +252,36 @@ cases.unsupported_grant_type = await refusal(async () =>
 // login_required (and the state and iss), never a sign-in page.
 {
   const { callback, state } = await authorize({ as: 'anonymous', extra: { prompt: 'none' } });
-  cases.login_required = await refusal(() => oauth.validateAuthResponse(as, client, callback, state));
+  cases.login_required = await refusal(
+    () => oauth.validateAuthResponse(as, client, callback, state),
+    null,
+  );
   cases.login_required.iss = callback.searchParams.get('iss');
 }
 
 // Deny on the consent page: access_denied.
 {
   const { callback, state } = await authorize({ as: 'deny' });
-  cases.access_denied = await refusal(() => oauth.validateAuthResponse(as, client, callback, state));
+  cases.access_denied = await refusal(
+    () => oauth.validateAuthResponse(as, client, callback, state),
+    null,
+  );
   cases.access_denied.iss = callback.searchParams.get('iss');
 }
 
-// Another response_type: unsupported_response_type, sent back to the client.
+// Another response_type: unsupported_response_type, sent back to the client (in the
+// query, or in the fragment where a provider answers a token request there).
 {
   const { callback, state } = await authorize({ extra: { response_type: 'token' } });
-  cases.unsupported_response_type = await refusal(() =>
-    oauth.validateAuthResponse(as, client, callback, state),
-  );
+  const query = callback.searchParams;
+  const fragment = new URLSearchParams(callback.hash.slice(1));
+  const params = query.has('error') ? query : fragment;
+  cases.unsupported_response_type = {
+    refused: params.has('error') && !query.has('code') && !fragment.has('access_token'),
+    error: params.get('error'),
+    state_returned: params.get('state') === state,
+    iss: params.get('iss'),
+  };
 }
 
 result(cases);
