@@ -11,6 +11,7 @@
 //! - `phases`: what is measured, in which order (start here);
 //! - `limit`: the argon2id baseline, the physical limit of sign-in throughput;
 //! - `load`: the HTTP load: hammering a page, the latency probe, sign-ins that pause;
+//! - `oidc`: the OpenID provider: code exchanges, refreshes and userinfo calls;
 //! - `relay`: the TCP relay between the service and Postgres that counts round trips;
 //! - `service`: the service process and the bench database;
 //! - `cpu`: where the CPU went (/proc), resident memory, load average;
@@ -25,6 +26,7 @@
 mod cpu;
 mod limit;
 mod load;
+mod oidc;
 mod phases;
 mod relay;
 mod report;

@@ -322,7 +322,11 @@ pub fn client_secret_in(stdout: &str) -> Option<String> {
     let line = lines
         .iter()
         .find(|l| l.to_lowercase().contains("secret"))
-        .or(if lines.len() == 1 { lines.first() } else { None })?;
+        .or(if lines.len() == 1 {
+            lines.first()
+        } else {
+            None
+        })?;
     line.split(|c: char| c.is_whitespace() || c == '"' || c == '\'' || c == ',')
         .filter(|t| t.len() >= 20 && !t.contains(':'))
         .max_by_key(|t| t.len())
