@@ -85,6 +85,14 @@ pub struct AppState {
     pub destinations: Arc<Destinations>,
     /// Peers whose forwarding headers are believed.
     pub trusted_proxies: Arc<TrustedProxies>,
+    /// Sign in with latchkey: the OpenID provider's rules.
+    pub oidc: crate::oidc::Provider,
+}
+
+impl FromRef<AppState> for crate::oidc::Provider {
+    fn from_ref(state: &AppState) -> crate::oidc::Provider {
+        state.oidc.clone()
+    }
 }
 
 impl FromRef<AppState> for Accounts {
@@ -103,7 +111,10 @@ impl AppState {
         let pool = db::connect(&config).await?;
         db::migrate(&pool).await?;
         let accounts = Accounts::start(&config, pool.clone(), keys.clone())?;
+        let oidc = crate::oidc::Provider::new(&config, accounts.clone());
+        oidc.signer.ensure_keys().await?;
         Ok(AppState {
+            oidc,
             cookie_names: CookieNames::for_config(&config, cookie_domain.is_some()),
             cookie_domain,
             destinations,
@@ -179,7 +190,8 @@ pub fn router(state: AppState) -> Router {
         .merge(web::settings_security::router())
         .merge(web::two_factor::router())
         .merge(web::password_strength::router())
-        .layer(session_layer)
+        .merge(web::oidc::pages_router())
+        .layer(session_layer.clone())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             web::session_save_failed,
@@ -189,8 +201,16 @@ pub fn router(state: AppState) -> Router {
             web::csrf::protect,
         ));
 
+    // Relying parties send browsers here (a GET, or a cross-site form POST that carries
+    // no CSRF token): the session, without the CSRF check.
+    let oidc_browser = web::oidc::browser_router().layer(session_layer).layer(
+        axum::middleware::from_fn_with_state(state.clone(), web::session_save_failed),
+    );
+
     let mut app = Router::new()
         .merge(pages)
+        .merge(oidc_browser)
+        .merge(web::oidc::api_router())
         .merge(web::forward_auth::router())
         .merge(web::health::router());
     if state.config.metrics_listen.is_none() {
@@ -199,7 +219,11 @@ pub fn router(state: AppState) -> Router {
     let mut app = app
         .merge(static_routes())
         .fallback(|| async { AppError::NotFound.into_response() })
-        .layer(axum::middleware::from_fn(telemetry::record_http));
+        .layer(axum::middleware::from_fn(telemetry::record_http))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            web::oidc::form_action,
+        ));
     for layer in web::headers::layers(&state.config.allowed_hosts) {
         app = app.layer(layer);
     }
@@ -266,6 +290,7 @@ impl Server {
                 from,
                 stopping.clone(),
             ),
+            crate::oidc::logout::spawn_worker(state.oidc.clone(), stopping.clone()),
             tokio::spawn(housekeeping(
                 state.pool.clone(),
                 Duration::from_secs(state.config.housekeeping_interval_secs.max(1)),

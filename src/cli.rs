@@ -1,5 +1,6 @@
 //! The command line: `serve` (default), `migrate`, `user create|list|disable|enable|sign-out|
-//! reset-link`, `mail test --to A`. The `user` commands call `auth::operator` over an
+//! reset-link`, `mail test --to A`, `oidc client add|list|remove|rotate-secret`,
+//! `oidc keys rotate`. The `user` commands call `auth::operator` over an
 //! [`Accounts`] built as the server builds it.
 
 use std::io::BufRead;
@@ -44,6 +45,77 @@ enum Command {
         #[command(subcommand)]
         command: MailCommand,
     },
+    /// Sign in with latchkey: OpenID Connect clients and signing keys.
+    Oidc {
+        #[command(subcommand)]
+        command: OidcCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum OidcCommand {
+    /// Manage the applications that sign people in with latchkey.
+    Client {
+        #[command(subcommand)]
+        command: OidcClientCommand,
+    },
+    /// Manage the ID token signing keys.
+    Keys {
+        #[command(subcommand)]
+        command: OidcKeysCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum OidcClientCommand {
+    /// Register a client; a confidential client's secret is printed once (standard output).
+    Add {
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        name: String,
+        /// Where the client receives codes; exactly as it will send it. Repeat for more.
+        #[arg(long = "redirect-uri", required = true)]
+        redirect_uris: Vec<String>,
+        /// Where the client may send people after logout. Repeat for more.
+        #[arg(long = "post-logout-redirect-uri")]
+        post_logout_redirect_uris: Vec<String>,
+        /// Where latchkey posts logout tokens when a session ends.
+        #[arg(long)]
+        backchannel_logout_uri: Option<String>,
+        /// A public client (a single-page or native app): no secret, PKCE required.
+        #[arg(long)]
+        public: bool,
+        /// Do not ask people to allow this client (the operator's own application).
+        #[arg(long)]
+        skip_consent: bool,
+        /// ID token signing algorithm: RS256 (default), ES256 or EdDSA.
+        #[arg(long)]
+        signing_alg: Option<String>,
+    },
+    /// List the clients.
+    List {
+        /// A JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a client: its codes and tokens stop working at once.
+    Remove {
+        #[arg(long)]
+        id: String,
+    },
+    /// Give a confidential client a new secret (printed once); the old one stops working.
+    RotateSecret {
+        #[arg(long)]
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum OidcKeysCommand {
+    /// A new signing key per algorithm signs from now on; the old public keys stay in the
+    /// JWKS until the tokens they signed have expired.
+    Rotate,
 }
 
 #[derive(Debug, Subcommand)]
@@ -114,7 +186,135 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Mail {
             command: MailCommand::Test { to },
         } => mail_test(&config, &to).await,
+        Command::Oidc { command } => oidc_command(&config, command).await,
     }
+}
+
+async fn oidc_command(config: &Config, command: OidcCommand) -> anyhow::Result<()> {
+    use crate::oidc::clients::{self, ClientError, ClientSpec};
+    let provider = crate::oidc::Provider::new(config, accounts(config).await?);
+    let failed = |err: ClientError| match err {
+        ClientError::Unexpected(e) => e,
+        other => anyhow::anyhow!("{other}"),
+    };
+    match command {
+        OidcCommand::Client {
+            command:
+                OidcClientCommand::Add {
+                    id,
+                    name,
+                    redirect_uris,
+                    post_logout_redirect_uris,
+                    backchannel_logout_uri,
+                    public,
+                    skip_consent,
+                    signing_alg,
+                },
+        } => {
+            let spec = ClientSpec {
+                id,
+                name,
+                redirect_uris,
+                post_logout_redirect_uris,
+                backchannel_logout_uri,
+                public,
+                skip_consent,
+                signing_alg,
+            };
+            match clients::add(&provider, &spec).await.map_err(failed)? {
+                Some(secret) => {
+                    eprintln!(
+                        "added the confidential client {}; its secret follows, shown this once:",
+                        spec.id
+                    );
+                    println!("{}", secret.expose_secret());
+                }
+                None => eprintln!(
+                    "added the public client {} (no secret; PKCE required)",
+                    spec.id
+                ),
+            }
+        }
+        OidcCommand::Client {
+            command: OidcClientCommand::List { json },
+        } => {
+            let list = clients::list(&provider).await.map_err(failed)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&clients_json(&list)?)?);
+            } else {
+                print!("{}", clients_table(&list));
+            }
+        }
+        OidcCommand::Client {
+            command: OidcClientCommand::Remove { id },
+        } => {
+            clients::remove(&provider, &id).await.map_err(failed)?;
+            println!("removed the client {id}; its codes and tokens no longer work");
+        }
+        OidcCommand::Client {
+            command: OidcClientCommand::RotateSecret { id },
+        } => {
+            let secret = clients::rotate_secret(&provider, &id)
+                .await
+                .map_err(failed)?;
+            eprintln!("new secret for {id}, shown this once; the old one no longer works:");
+            println!("{}", secret.expose_secret());
+        }
+        OidcCommand::Keys {
+            command: OidcKeysCommand::Rotate,
+        } => {
+            let kids = provider.signer.rotate().await?;
+            println!("new signing keys: {}", kids.join(", "));
+        }
+    }
+    Ok(())
+}
+
+/// `oidc client list --json`: one object per client, with these keys always present.
+fn clients_json(list: &[crate::store::oidc_clients::Client]) -> anyhow::Result<serde_json::Value> {
+    let mut rows = Vec::with_capacity(list.len());
+    for client in list {
+        rows.push(serde_json::json!({
+            "id": client.id,
+            "name": client.name,
+            "public": client.is_public(),
+            "redirect_uris": client.redirect_uris,
+            "post_logout_redirect_uris": client.post_logout_redirect_uris,
+            "backchannel_logout_uri": client.backchannel_logout_uri,
+            "skip_consent": client.skip_consent,
+            "signing_alg": client.signing_alg,
+            "created_at": timestamp(client.created_at)?,
+        }));
+    }
+    Ok(serde_json::Value::Array(rows))
+}
+
+/// `oidc client list`: one line per client.
+fn clients_table(list: &[crate::store::oidc_clients::Client]) -> String {
+    let mut out = String::new();
+    for client in list {
+        out.push_str(&format!(
+            "{}  {}  {}  {}{}  {}\n",
+            client.id,
+            client.name,
+            if client.is_public() {
+                "public"
+            } else {
+                "confidential"
+            },
+            client.signing_alg,
+            if client.skip_consent {
+                "  skip-consent"
+            } else {
+                ""
+            },
+            client.redirect_uris.join(" "),
+        ));
+    }
+    if list.is_empty() {
+        out.push_str("(no clients)\n");
+    }
+    out
 }
 
 async fn mail_test(config: &Config, to: &str) -> anyhow::Result<()> {

@@ -45,6 +45,9 @@ pub struct Config {
     pub trusted_proxies: Vec<String>,
     /// How long one instance may reuse a forward-auth answer (0: ask Postgres every time).
     pub forward_auth_cache_ms: u64,
+    /// Lifetime of the OpenID provider's access tokens and ID tokens.
+    #[serde(default = "default_oidc_access_token_ttl_secs")]
+    pub oidc_access_token_ttl_secs: u64,
     pub db_max_connections: u32,
     pub db_acquire_timeout_ms: u64,
     /// How often expired sessions, dead tokens, idle throttles and old mail are deleted.
@@ -257,6 +260,10 @@ impl Config {
     pub fn public_base(&self) -> &str {
         self.public_url.as_str().trim_end_matches('/')
     }
+}
+
+fn default_oidc_access_token_ttl_secs() -> u64 {
+    600
 }
 
 /// A list from a TOML array or a comma-separated string (as environment variables give it).

@@ -24,6 +24,8 @@ pub struct Keys {
     pub recovery: [u8; 32],
     /// Seals queued mail bodies in the outbox until they are delivered.
     pub outbox: [u8; 32],
+    /// Seals the OpenID provider's private signing keys in the database.
+    pub oidc_signing: [u8; 32],
 }
 
 impl std::fmt::Debug for Keys {
@@ -53,6 +55,7 @@ impl Keys {
             totp: subkey(master, b"latchkey totp v1"),
             recovery: subkey(master, b"latchkey recovery codes v1"),
             outbox: subkey(master, b"latchkey outbox v1"),
+            oidc_signing: subkey(master, b"latchkey oidc signing keys v1"),
         }
     }
 }
@@ -124,6 +127,46 @@ fn read_dev_key(path: &Path) -> anyhow::Result<Option<Vec<u8>>> {
     decode(&existing).map(Some)
 }
 
+const SEAL_NONCE_LEN: usize = 24;
+
+/// nonce || XChaCha20-Poly1305(`plain`), bound to `context` (associated data), so a sealed
+/// value moved onto another row does not open.
+pub fn seal(key: &[u8; 32], context: &[u8], plain: &[u8]) -> anyhow::Result<Vec<u8>> {
+    use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+    let mut nonce = [0u8; SEAL_NONCE_LEN];
+    OsRng.fill_bytes(&mut nonce);
+    let sealed = chacha20poly1305::XChaCha20Poly1305::new(key.into())
+        .encrypt(
+            chacha20poly1305::XNonce::from_slice(&nonce),
+            Payload {
+                msg: plain,
+                aad: context,
+            },
+        )
+        .map_err(|_| anyhow::anyhow!("sealing a value"))?;
+    Ok([nonce.as_slice(), &sealed].concat())
+}
+
+/// Opens what [`seal`] made with the same key and context.
+pub fn open(key: &[u8; 32], context: &[u8], sealed: &[u8]) -> anyhow::Result<Vec<u8>> {
+    use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+    if sealed.len() < SEAL_NONCE_LEN {
+        bail!("a sealed value is too short");
+    }
+    let (nonce, ciphertext) = sealed.split_at(SEAL_NONCE_LEN);
+    chacha20poly1305::XChaCha20Poly1305::new(key.into())
+        .decrypt(
+            chacha20poly1305::XNonce::from_slice(nonce),
+            Payload {
+                msg: ciphertext,
+                aad: context,
+            },
+        )
+        .map_err(|_| {
+            anyhow::anyhow!("a sealed value does not open (was LATCHKEY_SECRET_KEY changed?)")
+        })
+}
+
 fn subkey(master: &[u8], label: &[u8]) -> [u8; 32] {
     // HMAC accepts keys of any length, so this cannot fail.
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(master)
@@ -135,6 +178,16 @@ fn subkey(master: &[u8], label: &[u8]) -> [u8; 32] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sealed_value_opens_only_with_its_key_and_context() {
+        let key = [3u8; 32];
+        let sealed = seal(&key, b"kid-1", b"private").expect("seal");
+        assert_eq!(open(&key, b"kid-1", &sealed).expect("open"), b"private");
+        assert!(open(&key, b"kid-2", &sealed).is_err());
+        assert!(open(&[4u8; 32], b"kid-1", &sealed).is_err());
+        assert!(open(&key, b"kid-1", &sealed[..10]).is_err());
+    }
 
     #[test]
     fn a_development_key_is_made_private_and_then_reused() {

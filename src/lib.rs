@@ -16,6 +16,8 @@ pub mod domain;
 pub mod keys;
 /// Mail messages, outbox and delivery.
 pub mod mail;
+/// Sign in with latchkey: the OpenID Connect provider's rules, beside `auth`.
+pub mod oidc;
 /// SQL, one module per table.
 pub mod store;
 /// Logging, request spans and metrics.

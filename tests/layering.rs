@@ -1,4 +1,4 @@
-//! The layers point one way: `main → cli → app → web → auth → {store, mail, domain}`.
+//! The layers point one way: `main → cli → app → web → {auth, oidc} → {store, mail, domain}`.
 //!
 //! This reads the sources and fails when a lower layer names a higher one: `auth`,
 //! `store`, `domain` and `mail` never reach `app` or `web` nor name the HTTP crates
@@ -33,13 +33,18 @@ const RULES: &[Rule] = &[
         forbidden_crates: HTTP_CRATES,
     },
     Rule {
+        layer: "oidc",
+        forbidden_modules: Some(&["app", "web", "cli"]),
+        forbidden_crates: HTTP_CRATES,
+    },
+    Rule {
         layer: "mail",
         forbidden_modules: Some(&["app", "web", "cli", "auth"]),
         forbidden_crates: HTTP_CRATES,
     },
     Rule {
         layer: "store",
-        forbidden_modules: Some(&["app", "web", "cli", "auth", "mail"]),
+        forbidden_modules: Some(&["app", "web", "cli", "auth", "mail", "oidc"]),
         forbidden_crates: HTTP_CRATES,
     },
     Rule {

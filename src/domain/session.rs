@@ -13,6 +13,11 @@ impl SessionDigest {
         SessionDigest(Sha256::digest(id.to_le_bytes()).to_vec())
     }
 
+    /// A digest as stored (an OpenID grant keeps the digest of the session it came from).
+    pub fn from_stored(bytes: Vec<u8>) -> SessionDigest {
+        SessionDigest(bytes)
+    }
+
     pub fn as_bytes(&self) -> &[u8] {
         &self.0
     }

@@ -4,6 +4,12 @@
 
 pub mod audit;
 pub mod housekeeping;
+pub mod oidc_clients;
+pub mod oidc_consents;
+pub mod oidc_grants;
+pub mod oidc_keys;
+pub mod oidc_logout;
+pub mod oidc_requests;
 pub mod outbox;
 pub mod reset_tokens;
 pub mod sessions;

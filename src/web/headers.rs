@@ -12,7 +12,17 @@ const FALLBACK_CSP: &str = "default-src 'self'; script-src 'self'; style-src 'se
 /// redirect after a form is posted, so without them the sign-in's, the two-factor
 /// step's and sign-out's 303 back to a protected application would be blocked.
 fn csp(allowed_hosts: &[String]) -> String {
+    csp_with(allowed_hosts, &[])
+}
+
+/// The policy, with `form-action` also naming `sources` (OpenID clients' redirect
+/// origins, already reduced to what a CSP source may hold).
+pub fn csp_with(allowed_hosts: &[String], sources: &[String]) -> String {
     let mut form_action = String::from("'self'");
+    for source in sources {
+        form_action.push(' ');
+        form_action.push_str(source);
+    }
     for host in allowed_hosts.iter().map(|h| h.trim().to_ascii_lowercase()) {
         // Only what a host pattern can hold, so nothing else enters the policy
         // (config start-up has refused any other entry already).

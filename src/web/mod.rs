@@ -9,6 +9,7 @@ pub mod forward_auth;
 pub mod headers;
 pub mod health;
 pub mod home;
+pub mod oidc;
 pub mod pages;
 pub mod password_strength;
 pub mod reset_password;

@@ -213,6 +213,12 @@ impl AuthSession {
             .map_err(store_error)
     }
 
+    /// When this session was signed in (seconds since the epoch; `None` for sessions
+    /// from before it was recorded).
+    pub async fn signed_in_at(&self) -> anyhow::Result<Option<i64>> {
+        self.0.get::<i64>(SIGNED_IN_AT).await.map_err(store_error)
+    }
+
     /// How this session's sign-in was completed.
     pub async fn sign_in_method(&self) -> anyhow::Result<SignInMethod> {
         let recorded = self

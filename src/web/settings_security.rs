@@ -64,6 +64,8 @@ struct SecurityPage {
     sessions: Vec<SessionRow>,
     has_others: bool,
     activity: Vec<ActivityRow>,
+    /// Connected applications (Sign in with latchkey).
+    connected: Vec<super::oidc::ConnectedRow>,
 }
 
 fn iso(t: OffsetDateTime) -> String {
@@ -148,6 +150,7 @@ async fn render_page(
         has_others,
         sessions: rows,
         activity,
+        connected: super::oidc::connected_rows(&state.oidc, current.user.id).await?,
     };
     Ok(pages::render(status, &page))
 }
@@ -171,6 +174,7 @@ fn notice_text(query: &NoticeQuery) -> Option<String> {
         )),
         "sessions-revoked" => Some(others(query.count.unwrap_or(0))),
         "session-revoked" => Some("The session was signed out.".to_owned()),
+        "application-removed" => Some("The application no longer has access.".to_owned()),
         "two-factor-off" => Some("Two-factor authentication is off.".to_owned()),
         _ => None,
     }

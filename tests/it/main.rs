@@ -16,6 +16,7 @@ mod hostile;
 mod housekeeping;
 mod instances;
 mod migrations;
+mod oidc;
 mod oidc_rp;
 mod operator;
 mod proxies;

@@ -1,0 +1,1 @@
+//! Every refusal, as the RFCs name it; never a 500.

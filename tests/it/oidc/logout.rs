@@ -1,0 +1,1 @@
+//! RP-initiated logout, back-channel logout and the session binding.

@@ -1,0 +1,1 @@
+//! Codes, refresh tokens and sign-outs under concurrency.
