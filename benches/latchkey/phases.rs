@@ -76,6 +76,7 @@ pub async fn measure(res: &mut Resources) -> anyhow::Result<Report> {
     sign_in_against_limit(&bench, &mut report).await?;
     forgot_password(&bench, res, &mut report).await?;
     forward_auth(&bench, &mut report).await?;
+    openid(&bench, res, &mut report).await?;
     sign_up(&bench, res, &mut report).await?;
     report.add(
         "5. memory",
