@@ -475,6 +475,29 @@ impl ApacheStack {
             .expect("GET through Apache")
     }
 
+    /// Signs `browser` in to the application through latchkey (password, two-factor
+    /// step, consent the first time); returns what the application saw.
+    async fn signed_in(&self, browser: &Browser) -> Seen {
+        let walked = walk(
+            &browser.client,
+            &self.app.base,
+            &self.page(),
+            Some(&self.person),
+            Decision::Allow,
+            |_| false,
+        )
+        .await;
+        assert_eq!(
+            walked.status,
+            Some(StatusCode::OK),
+            "{}\n{}",
+            walked.body,
+            self.apache.logs()
+        );
+        assert_eq!(walked.url, self.page());
+        serde_json::from_str(&walked.body).expect("the echo's JSON")
+    }
+
     /// The visit is sent to latchkey's authorization endpoint, and nothing reaches the
     /// application; returns the authorization URL.
     async fn sent_to_latchkey(&self, browser: &Browser, authorization_endpoint: &str) -> String {
@@ -613,6 +636,78 @@ async fn apache_with_mod_auth_openidc_signs_in_through_latchkey_and_back_channel
         stack.apache.access_log()
     );
     // ...and latchkey asks for the password again.
+    let response = browser.client.get(&authorize).send().await.expect("GET");
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    assert!(
+        location(&response).contains("/sign-in"),
+        "{}",
+        location(&response)
+    );
+}
+
+#[tokio::test]
+async fn signing_out_of_the_apache_application_signs_out_of_latchkey_too() {
+    let Some(stack) = ApacheStack::start("apache_rp_initiated_logout").await else {
+        return;
+    };
+    let discovery = discovery(&stack.app).await;
+    let end_session_endpoint = str_at(&discovery, "/end_session_endpoint").to_owned();
+    let authorization_endpoint = str_at(&discovery, "/authorization_endpoint").to_owned();
+    let browser = Browser::new(&stack.app.base);
+    let seen = stack.signed_in(&browser).await;
+    assert_eq!(seen.header("oidc_claim_email"), Some(EMAIL));
+
+    // The application's sign-out link: the module ends its session and sends the browser
+    // to latchkey's end_session_endpoint (with the ID token as hint), which signs the
+    // person out and returns to the application's registered post-logout URI.
+    let app_home = format!("{}/", stack.apache.site.app_url());
+    let logout = format!(
+        "{}{}?logout={}",
+        stack.apache.site.app_url(),
+        apache::CALLBACK_PATH,
+        app_home.replace(':', "%3A").replace('/', "%2F")
+    );
+    let first = browser
+        .client
+        .get(&logout)
+        .header("Accept", "text/html")
+        .send()
+        .await
+        .expect("GET the logout link");
+    let to = location(&first);
+    assert!(
+        to.starts_with(&end_session_endpoint),
+        "the module sends the browser to latchkey's end_session_endpoint, not {to:?} ({})\n{}",
+        first.status(),
+        stack.apache.logs()
+    );
+    assert!(query_param(&to, "id_token_hint").is_some(), "{to}");
+    let walked = walk(
+        &browser.client,
+        &stack.app.base,
+        &to,
+        Some(&stack.person),
+        Decision::Allow,
+        |url| url == app_home,
+    )
+    .await;
+    assert_eq!(
+        walked.url, app_home,
+        "back at the application's post-logout URI: {walked:?}"
+    );
+
+    // Signed out of latchkey: its home page asks for the sign-in, and so does the
+    // application (through latchkey's authorization endpoint).
+    let home = browser.get("/").await;
+    assert_eq!(home.status(), StatusCode::SEE_OTHER);
+    assert!(
+        location(&home).starts_with("/sign-in"),
+        "{}",
+        location(&home)
+    );
+    let authorize = stack
+        .sent_to_latchkey(&browser, &authorization_endpoint)
+        .await;
     let response = browser.client.get(&authorize).send().await.expect("GET");
     assert_eq!(response.status(), StatusCode::SEE_OTHER);
     assert!(
