@@ -121,7 +121,7 @@ pub async fn validate(
             "The application's request does not say which application it is.",
         )));
     };
-    let client = if client_id.len() <= 64 {
+    let client = if clients::valid_id(client_id) {
         oidc_clients::find(&provider.accounts.pool, client_id).await?
     } else {
         None
@@ -155,6 +155,9 @@ pub async fn validate(
     }
     if params.values().any(|v| v.len() > MAX_VALUE_LEN) {
         return refuse("invalid_request", "a parameter is too long");
+    }
+    if params.values().any(|v| v.chars().any(|c| c.is_control())) {
+        return refuse("invalid_request", "a parameter holds a control character");
     }
     if params.contains_key("request") {
         return refuse("request_not_supported", "request objects are not supported");

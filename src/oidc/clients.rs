@@ -46,7 +46,8 @@ pub enum ClientError {
     Unexpected(#[from] anyhow::Error),
 }
 
-fn valid_id(id: &str) -> bool {
+/// A client id as registered: 1 to 64 letters, digits, `.`, `_` or `-`.
+pub fn valid_id(id: &str) -> bool {
     (1..=64).contains(&id.len())
         && id
             .bytes()

@@ -50,7 +50,7 @@ pub async fn target(
     redirect: Option<&str>,
     state: Option<&str>,
 ) -> anyhow::Result<Result<LogoutTarget, &'static str>> {
-    let client = if client_id.len() <= 64 {
+    let client = if clients::valid_id(client_id) {
         oidc_clients::find(&provider.accounts.pool, client_id).await?
     } else {
         None

@@ -11,6 +11,8 @@ pub struct Swept {
     pub throttles: u64,
     pub outbox: u64,
     pub sign_ups: u64,
+    /// OpenID grants, codes, tokens, requests and logout deliveries.
+    pub oidc: u64,
 }
 
 /// Deletes expired sessions, tokens dead for a day, idle throttle rows, and mail that was
@@ -55,7 +57,9 @@ pub async fn sweep(pool: &PgPool) -> anyhow::Result<Swept> {
     .context("deleting delivered mail")?
     .rows_affected();
     let sign_ups = super::sign_ups::sweep(pool).await?;
+    let oidc = super::oidc_grants::sweep(pool).await?;
     Ok(Swept {
+        oidc,
         sign_ups,
         sessions,
         reset_tokens,

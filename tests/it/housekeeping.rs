@@ -170,6 +170,7 @@ async fn the_sweep_deletes_only_what_is_dead_and_keeps_what_is_live() {
             throttles: 3,
             outbox: 2,
             sign_ups: 2,
+            oidc: 0,
         }
     );
     // The live session still works, and the account's sessions are exactly the live one:
