@@ -436,11 +436,11 @@ struct ApacheStack {
 
 impl ApacheStack {
     /// `None` when Apache or the module is not installed (outside CI).
-    async fn start(test: &str) -> Option<ApacheStack> {
+    async fn start(test: &str, alg: &str) -> Option<ApacheStack> {
         if !apache::installed(test) {
             return None;
         }
-        let OidcProtected { app, echo, apache } = OidcProtected::start().await;
+        let OidcProtected { app, echo, apache } = OidcProtected::start_signing(alg).await;
         // An account with two-factor on; its next sign-in needs a fresh code.
         let (_, secret, _) = enabled(&app, EMAIL).await;
         let user_id = users_id(&app, EMAIL).await;
@@ -537,7 +537,20 @@ async fn users_id(app: &TestApp, email: &str) -> uuid::Uuid {
 #[tokio::test]
 async fn apache_with_mod_auth_openidc_signs_in_through_latchkey_and_back_channel_logout_locks_it_again()
  {
-    let Some(stack) = ApacheStack::start("apache_mod_auth_openidc").await else {
+    apache_signs_in_and_is_locked_by_back_channel_logout("apache_mod_auth_openidc", "RS256").await;
+}
+
+#[tokio::test]
+async fn apache_with_an_es256_client_verifies_its_id_and_logout_tokens_too() {
+    apache_signs_in_and_is_locked_by_back_channel_logout("apache_mod_auth_openidc_es256", "ES256")
+        .await;
+}
+
+/// The whole life of an Apache session: anonymous → latchkey's sign-in, two-factor and
+/// consent → the page first asked for, with the identity → locked again within seconds
+/// of signing out of latchkey (back-channel logout).
+async fn apache_signs_in_and_is_locked_by_back_channel_logout(test: &str, alg: &str) {
+    let Some(stack) = ApacheStack::start(test, alg).await else {
         return;
     };
     let authorization_endpoint =
@@ -647,7 +660,7 @@ async fn apache_with_mod_auth_openidc_signs_in_through_latchkey_and_back_channel
 
 #[tokio::test]
 async fn signing_out_of_the_apache_application_signs_out_of_latchkey_too() {
-    let Some(stack) = ApacheStack::start("apache_rp_initiated_logout").await else {
+    let Some(stack) = ApacheStack::start("apache_rp_initiated_logout", "RS256").await else {
         return;
     };
     let discovery = discovery(&stack.app).await;

@@ -347,7 +347,14 @@ pub struct OidcProtected {
 }
 
 impl OidcProtected {
+    /// The stack with an RS256 client (the default).
     pub async fn start() -> OidcProtected {
+        Self::start_signing("RS256").await
+    }
+
+    /// The stack with a client whose ID and logout tokens are signed with `alg` (RS256
+    /// or ES256: mod_auth_openidc 2.4.12 cannot verify EdDSA).
+    pub async fn start_signing(alg: &str) -> OidcProtected {
         let echo = crate::echo::EchoApp::start().await;
         let app = crate::helpers::TestApp::spawn().await;
         let site = Site::on_free_port(&app.base, CLIENT_ID, "", echo.addr);
@@ -361,6 +368,8 @@ impl OidcProtected {
                 &format!("{}/", site.app_url()),
                 "--backchannel-logout-uri",
                 &site.backchannel_logout_uri(),
+                "--signing-alg",
+                alg,
             ],
         )
         .expect("a confidential client");
