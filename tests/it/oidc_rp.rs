@@ -227,7 +227,8 @@ async fn openid_client_signs_in(test: &str, alg: &str, auth: &str) {
         assert!(claims[number].is_u64(), "{number}: {claims:#}");
     }
     assert!(claims["exp"].as_u64() > claims["iat"].as_u64());
-    assert!(claims["amr"].is_array(), "amr: {claims:#}");
+    // A password alone (RFC 8176's "pwd").
+    assert_eq!(claims["amr"], serde_json::json!(["pwd"]), "amr: {claims:#}");
     assert!(!str_at(claims, "/sid").is_empty());
     assert!(!str_at(claims, "/at_hash").is_empty());
     assert_eq!(str_at(claims, "/email"), EMAIL);
@@ -600,6 +601,12 @@ async fn apache_signs_in_and_is_locked_by_back_channel_logout(test: &str, alg: &
     assert!(
         seen.header("oidc_claim_preferred_username")
             .is_some_and(|v| !v.is_empty())
+    );
+    // The sign-in took the password and a one-time code (RFC 8176 values).
+    assert_eq!(
+        seen.header("oidc_claim_amr"),
+        Some("pwd,otp,mfa"),
+        "{seen:#?}"
     );
     assert!(
         seen.header_values("cookie")
