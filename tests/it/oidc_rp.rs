@@ -17,7 +17,7 @@ use serde_json::Value as Json;
 use crate::echo::{EchoApp, Seen};
 use crate::helpers::*;
 use crate::two_factor::{code_at, enabled};
-use latchkey_test_support::apache::{self, Apache, OidcProtected, add_client};
+use latchkey_test_support::apache::{self, Apache, OidcProtected, add_client, latchkey};
 use latchkey_test_support::relying_party::{
     self, BrowserStep, Decision, Person, Who, query_param, walk,
 };
@@ -437,18 +437,29 @@ struct ApacheStack {
 
 impl ApacheStack {
     /// `None` when Apache or the module is not installed (outside CI).
+    /// An account with two-factor on: its next sign-in needs a fresh code (one, as a
+    /// code is good once).
     async fn start(test: &str, alg: &str) -> Option<ApacheStack> {
+        Self::start_with(test, alg, true).await
+    }
+
+    async fn start_with(test: &str, alg: &str, two_factor: bool) -> Option<ApacheStack> {
         if !apache::installed(test) {
             return None;
         }
         let OidcProtected { app, echo, apache } = OidcProtected::start_signing(alg).await;
-        // An account with two-factor on; its next sign-in needs a fresh code.
-        let (_, secret, _) = enabled(&app, EMAIL).await;
+        let second_step: Option<Arc<dyn Fn() -> String + Send + Sync>> = if two_factor {
+            let (_, secret, _) = enabled(&app, EMAIL).await;
+            Some(Arc::new(move || code_at(&secret, 1)))
+        } else {
+            app.create_user(EMAIL, PASSWORD).await;
+            None
+        };
         let user_id = users_id(&app, EMAIL).await;
         let person = Person {
             email: EMAIL.to_owned(),
             password: PASSWORD.to_owned(),
-            second_step: Some(Arc::new(move || code_at(&secret, 1))),
+            second_step,
         };
         Some(ApacheStack {
             app,
@@ -735,4 +746,77 @@ async fn signing_out_of_the_apache_application_signs_out_of_latchkey_too() {
         "{}",
         location(&response)
     );
+}
+
+#[tokio::test]
+async fn apache_keeps_signing_in_after_the_operator_rotates_the_signing_keys() {
+    // Two sign-ins in a row: a password-only account (a one-time code is good once).
+    let Some(stack) = ApacheStack::start_with("apache_key_rotation", "RS256", false).await else {
+        return;
+    };
+    let jwks_kids = |jwks: &Json| -> Vec<String> {
+        jwks["keys"]
+            .as_array()
+            .expect("keys")
+            .iter()
+            .filter(|k| k["alg"] == "RS256")
+            .map(|k| str_at(k, "/kid").to_owned())
+            .collect()
+    };
+    let jwks_uri = str_at(&discovery(&stack.app).await, "/jwks_uri").to_owned();
+    let jwks = |client: reqwest::Client| {
+        let uri = jwks_uri.clone();
+        async move {
+            let text = client
+                .get(&uri)
+                .send()
+                .await
+                .expect("GET the JWKS")
+                .text()
+                .await
+                .expect("body");
+            serde_json::from_str::<Json>(&text).expect("JWKS JSON")
+        }
+    };
+    let first = Browser::new(&stack.app.base);
+    stack.signed_in(&first).await;
+    let before = jwks_kids(&jwks(first.client.clone()).await);
+
+    // The module has latchkey's keys cached; the operator rotates them.
+    // Every instance reads the keys anew within seconds; the JWKS shows the new one.
+    latchkey(&stack.app, &["oidc", "keys", "rotate"]);
+    let rotated_at = Instant::now();
+    let after = loop {
+        let after = jwks_kids(&jwks(first.client.clone()).await);
+        if after.len() > before.len() || rotated_at.elapsed() > Duration::from_secs(10) {
+            break after;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        before.iter().all(|kid| after.contains(kid)),
+        "the old public key stays published: {before:?} → {after:?}"
+    );
+    assert!(
+        after.len() > before.len(),
+        "a new key: {before:?} → {after:?}"
+    );
+
+    // A new sign-in gets an ID token under the new key, which the module fetches.
+    let second = Browser::new(&stack.app.base);
+    let seen = stack.signed_in(&second).await;
+    assert_eq!(seen.header("oidc_claim_email"), Some(EMAIL));
+    // The first session still works, and a sign-out (a logout token under the new key)
+    // still locks it.
+    assert_eq!(stack.visit(&first).await.status(), StatusCode::OK);
+    let signed_out_at = Instant::now();
+    assert_eq!(first.sign_out().await.status(), StatusCode::SEE_OTHER);
+    while stack.visit(&first).await.status() == StatusCode::OK {
+        assert!(
+            signed_out_at.elapsed() <= Duration::from_secs(10),
+            "still signed in to the application after sign-out:\n{}",
+            stack.apache.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

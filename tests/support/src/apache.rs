@@ -282,15 +282,12 @@ Include \"{d}/latchkey-oidc.conf\"
     )
 }
 
-/// Runs the operator's `latchkey oidc client add --id ID --name ID <args>` (the real
-/// binary) on `app`'s database and returns the secret it printed once (`None` for a
-/// `--public` client).
-pub fn add_client(app: &crate::helpers::TestApp, id: &str, args: &[&str]) -> Option<String> {
+/// Runs the operator's `latchkey <args>` (the real binary) on `app`'s database, with
+/// its secret key; panics unless it succeeds; returns its standard output.
+pub fn latchkey(app: &crate::helpers::TestApp, args: &[&str]) -> String {
     use base64::Engine;
-    let mut all = vec!["oidc", "client", "add", "--id", id, "--name", id];
-    all.extend_from_slice(args);
     let out = Command::new(crate::process::latchkey_binary())
-        .args(&all)
+        .args(args)
         .env("DATABASE_URL", &app.database_url)
         .env("LATCHKEY_PUBLIC_URL", &app.base)
         .env(
@@ -300,13 +297,22 @@ pub fn add_client(app: &crate::helpers::TestApp, id: &str, args: &[&str]) -> Opt
         .env("LATCHKEY_LOG", "warn")
         .stdin(Stdio::null())
         .output()
-        .expect("run latchkey oidc client add");
+        .unwrap_or_else(|e| panic!("run latchkey {args:?}: {e}"));
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
-        "oidc client add: {stdout}\n{}",
+        "latchkey {args:?}: {stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    stdout
+}
+
+/// Runs the operator's `latchkey oidc client add --id ID --name ID <args>` and returns
+/// the secret it printed once (`None` for a `--public` client).
+pub fn add_client(app: &crate::helpers::TestApp, id: &str, args: &[&str]) -> Option<String> {
+    let mut all = vec!["oidc", "client", "add", "--id", id, "--name", id];
+    all.extend_from_slice(args);
+    let stdout = latchkey(app, &all);
     if args.contains(&"--public") {
         return None;
     }
