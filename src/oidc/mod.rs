@@ -82,8 +82,15 @@ impl Provider {
             return origins.clone();
         }
         let asked_at = Instant::now();
-        let origins = match crate::store::oidc_clients::list(&self.accounts.pool).await {
-            Ok(clients) => {
+        // Bounded, and a failure is remembered like an answer: while Postgres is out of
+        // reach, pages (the outage page too) must not each wait for it here.
+        let listed = tokio::time::timeout(
+            Duration::from_millis(500),
+            crate::store::oidc_clients::list(&self.accounts.pool),
+        )
+        .await;
+        let origins = match listed {
+            Ok(Ok(clients)) => {
                 let mut origins: Vec<String> = clients
                     .iter()
                     .flat_map(|c| c.redirect_uris.iter().chain(&c.post_logout_redirect_uris))
@@ -93,9 +100,13 @@ impl Provider {
                 origins.dedup();
                 origins
             }
-            Err(err) => {
+            Ok(Err(err)) => {
                 tracing::warn!(error = format!("{err:#}"), "reading the redirect origins");
-                return Arc::new(Vec::new());
+                Vec::new()
+            }
+            Err(_) => {
+                tracing::warn!("reading the redirect origins timed out");
+                Vec::new()
             }
         };
         let origins = Arc::new(origins);

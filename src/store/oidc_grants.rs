@@ -479,38 +479,32 @@ pub async fn connected_for_user(pool: &PgPool, user_id: Uuid) -> anyhow::Result<
 /// Used refresh tokens stay while they live: a replay of one must still be recognised.
 #[tracing::instrument(skip_all)]
 pub async fn sweep(pool: &PgPool) -> anyhow::Result<u64> {
-    let grants =
-        sqlx::query!("delete from oidc_grants where revoked_at < now() - interval '1 day'")
-            .execute(pool)
-            .await
-            .context("deleting revoked grants")?;
-    let codes = sqlx::query!("delete from oidc_codes where expires_at < now() - interval '1 day'")
-        .execute(pool)
-        .await
-        .context("deleting expired codes")?;
-    let access =
-        sqlx::query!("delete from oidc_access_tokens where expires_at < now() - interval '1 day'")
-            .execute(pool)
-            .await
-            .context("deleting expired access tokens")?;
-    let refresh =
-        sqlx::query!("delete from oidc_refresh_tokens where expires_at < now() - interval '1 day'")
-            .execute(pool)
-            .await
-            .context("deleting expired refresh tokens")?;
-    let requests = sqlx::query!("delete from oidc_requests where expires_at < now()")
-        .execute(pool)
-        .await
-        .context("deleting expired authorization requests")?;
-    let deliveries = sqlx::query!(
-        "delete from oidc_logout_deliveries
-         where status in ('sent', 'failed') and created_at < now() - interval '7 days'"
+    // One statement: housekeeping stays one short burst beside the requests.
+    let swept = sqlx::query_scalar!(
+        r#"with grants as (
+             delete from oidc_grants where revoked_at < now() - interval '1 day' returning 1
+           ), codes as (
+             delete from oidc_codes where expires_at < now() - interval '1 day' returning 1
+           ), access as (
+             delete from oidc_access_tokens where expires_at < now() - interval '1 day'
+             returning 1
+           ), refresh as (
+             delete from oidc_refresh_tokens where expires_at < now() - interval '1 day'
+             returning 1
+           ), requests as (
+             delete from oidc_requests where expires_at < now() returning 1
+           ), deliveries as (
+             delete from oidc_logout_outbox
+             where status in ('sent', 'failed') and created_at < now() - interval '7 days'
+             returning 1
+           )
+           select (select count(*) from grants) + (select count(*) from codes)
+                + (select count(*) from access) + (select count(*) from refresh)
+                + (select count(*) from requests) + (select count(*) from deliveries)
+                as "swept!""#
     )
-    .execute(pool)
+    .fetch_one(pool)
     .await
-    .context("deleting settled logout deliveries")?;
-    Ok([grants, codes, access, refresh, requests, deliveries]
-        .iter()
-        .map(|done| done.rows_affected())
-        .sum())
+    .context("deleting dead OpenID grants, codes, tokens, requests and deliveries")?;
+    Ok(u64::try_from(swept).unwrap_or(0))
 }

@@ -24,7 +24,7 @@ pub async fn claim_due(conn: &mut PgConnection) -> anyhow::Result<Option<DueLogo
         DueLogout,
         "select d.id, d.client_id, d.user_id, d.sid, d.attempts, c.backchannel_logout_uri,
                 c.signing_alg
-         from oidc_logout_deliveries d join oidc_clients c on c.id = d.client_id
+         from oidc_logout_outbox d join oidc_clients c on c.id = d.client_id
          where d.status = 'pending' and d.next_attempt_at <= now()
          order by d.id
          limit 1
@@ -38,7 +38,7 @@ pub async fn claim_due(conn: &mut PgConnection) -> anyhow::Result<Option<DueLogo
 #[tracing::instrument(skip(conn))]
 pub async fn mark_sent(conn: &mut PgConnection, id: i64) -> anyhow::Result<()> {
     sqlx::query!(
-        "update oidc_logout_deliveries
+        "update oidc_logout_outbox
          set status = 'sent', sent_at = clock_timestamp(), attempts = attempts + 1
          where id = $1",
         id,
@@ -58,7 +58,7 @@ pub async fn schedule_retry(
     delay_secs: f64,
 ) -> anyhow::Result<()> {
     sqlx::query!(
-        "update oidc_logout_deliveries
+        "update oidc_logout_outbox
          set attempts = $2, last_error = $3,
              next_attempt_at = clock_timestamp() + make_interval(secs => $4)
          where id = $1",
@@ -81,7 +81,7 @@ pub async fn mark_failed(
     error: &str,
 ) -> anyhow::Result<()> {
     sqlx::query!(
-        "update oidc_logout_deliveries set status = 'failed', attempts = $2, last_error = $3
+        "update oidc_logout_outbox set status = 'failed', attempts = $2, last_error = $3
          where id = $1",
         id,
         attempts,

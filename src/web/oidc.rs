@@ -188,7 +188,21 @@ async fn authorize_post(
     user: Option<CurrentUser>,
     body: Bytes,
 ) -> Result<Response, AppError> {
+    if user.is_none()
+        && let Some(query) = as_query(&body)
+    {
+        return Ok(see_other(&format!("{AUTHORIZE}?{query}")));
+    }
     run_authorize(&provider, user, &body).await
+}
+
+/// A form body that can travel as a query string. A relying party's cross-site form
+/// POST arrives without the `SameSite=Lax` session cookie; the same request as a GET (a
+/// top-level navigation) carries it, so `prompt=none` and logout see the real session.
+fn as_query(body: &[u8]) -> Option<&str> {
+    let text = std::str::from_utf8(body).ok()?;
+    let fits = !text.is_empty() && text.len() <= 4096 && text.bytes().all(|b| b.is_ascii_graphic());
+    fits.then_some(text)
 }
 
 async fn run_authorize(
@@ -643,6 +657,11 @@ async fn end_session_post(
     user: Option<CurrentUser>,
     body: Bytes,
 ) -> Result<Response, AppError> {
+    if user.is_none()
+        && let Some(query) = as_query(&body)
+    {
+        return Ok(see_other(&format!("{END_SESSION}?{query}")));
+    }
     run_end_session(&provider, &origin, user, &body).await
 }
 

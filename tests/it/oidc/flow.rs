@@ -451,3 +451,45 @@ async fn revocation_and_introspection_answer_the_client_about_its_own_tokens() {
     assert_eq!(introspect(&rp, access).await["active"], false);
     assert_status(&userinfo(&app.base, access).await, StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test]
+async fn a_posted_authorization_request_works_and_without_the_cookie_becomes_a_get() {
+    let app = TestApp::spawn().await;
+    app.create_user(EMAIL, PASSWORD).await;
+    let rp = register(&app, "poster", |spec| spec.skip_consent = true).await;
+    let (_, challenge) = pkce();
+    let path = authorize_path(&rp, &challenge, &[("prompt", "none")]);
+    let query = path.split_once('?').expect("query").1.to_owned();
+
+    // A cross-site form POST carries no SameSite=Lax cookie: sent back as a GET.
+    let anonymous = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let response = anonymous
+        .post(format!("{}/oidc/authorize", app.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(query.clone())
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    assert_eq!(location(&response), path);
+
+    // With the session cookie, the POST itself answers.
+    let browser = app.browser();
+    browser.sign_in(EMAIL, PASSWORD).await;
+    let response = browser
+        .client
+        .post(browser.url("/oidc/authorize"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(query)
+        .send()
+        .await
+        .expect("POST");
+    let to = location(&response);
+    assert!(
+        to.starts_with(REDIRECT) && query_of(&to).contains_key("code"),
+        "{to}"
+    );
+}

@@ -397,7 +397,7 @@ async fn back_channel_logout_delivers_a_signed_logout_token_and_retries_until_it
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(receiver.tokens.lock().expect("lock").len(), 1);
     assert_eq!(
-        app.count("select count(*) from oidc_logout_deliveries where status = 'sent'")
+        app.count("select count(*) from oidc_logout_outbox where status = 'sent'")
             .await,
         1
     );

@@ -2,9 +2,11 @@
 //! PKCE, consent, tokens and their claims, refresh rotation and theft, userinfo,
 //! revocation, introspection, logout (RP-initiated and back-channel), and races.
 
+mod cli;
 mod errors;
 mod flow;
 mod logout;
+mod logs;
 mod races;
 
 use std::collections::HashMap;
