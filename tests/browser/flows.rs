@@ -608,5 +608,16 @@ async fn oidc_apache_flow(stack: &OidcProtected, page: &Page) {
         url.starts_with(&format!("{}/sign-in", page.base)),
         "after sign-out, sent to {url}"
     );
+    // While the module's session ended, the browser's own requests to the application
+    // (its /favicon.ico) got the module's 401: the application's console lines, not
+    // latchkey's. Anything else stays for the checkpoint to report.
+    let app_origin = stack.apache.site.app_url();
+    for entry in crate::driver::console_log(&page.client).await {
+        let message = entry["message"].as_str().unwrap_or("");
+        assert!(
+            message.contains(&app_origin) && message.contains("status of 401"),
+            "console: {entry}"
+        );
+    }
     page.checkpoint("oidc-signed-out").await;
 }
