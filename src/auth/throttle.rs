@@ -23,6 +23,8 @@ pub enum IpScope {
     SignIn,
     ForgotPassword,
     SignUp,
+    /// An OpenID authorization request stored to wait for a sign-in or a consent.
+    OidcRequest,
 }
 
 impl IpScope {
@@ -31,6 +33,7 @@ impl IpScope {
             IpScope::SignIn => "sign_in",
             IpScope::ForgotPassword => "forgot_password",
             IpScope::SignUp => "sign_up",
+            IpScope::OidcRequest => "oidc_request",
         }
     }
 }

@@ -8,6 +8,8 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{CODE_TTL, Opaque, Provider, REQUEST_TTL, SCOPES, clients, sid_of};
+use crate::auth::ServiceError;
+use crate::auth::throttle::{self, IpScope};
 use crate::store::oidc_clients::{self, Client};
 use crate::store::{oidc_consents, oidc_grants, oidc_requests};
 
@@ -293,6 +295,8 @@ pub enum Step {
     },
     /// Ask the person whether the client may have what it asks for.
     Consent(ConsentView),
+    /// Too many waiting requests from this address: try again after this long.
+    Throttled(std::time::Duration),
 }
 
 /// What the consent page shows.
@@ -308,14 +312,25 @@ fn resume_path(request_id: &str) -> String {
     format!("/oidc/authorize?request_id={request_id}")
 }
 
-/// Stores the request to wait (unless it is waiting already); its id.
+/// Stores the request to wait (unless it is waiting already); its id, or how long the
+/// client address must wait: each stored request counts against `LATCHKEY_IP_RATE_LIMIT`
+/// (scope `oidc_request`), so nobody fills the table.
 async fn wait(
     provider: &Provider,
     request: &AuthRequest,
     resumed: Option<&Resumed>,
-) -> anyhow::Result<String> {
+    ip: Option<&str>,
+) -> anyhow::Result<Result<String, std::time::Duration>> {
     if let Some(resumed) = resumed {
-        return Ok(resumed.request_id.clone());
+        return Ok(Ok(resumed.request_id.clone()));
+    }
+    if let Some(ip) = ip {
+        match throttle::check_ip(&provider.accounts, IpScope::OidcRequest, ip).await {
+            Ok(()) => {}
+            Err(ServiceError::Throttled { retry_after }) => return Ok(Err(retry_after)),
+            Err(ServiceError::Busy) => return Ok(Err(std::time::Duration::from_secs(1))),
+            Err(ServiceError::Unexpected(e)) => return Err(e),
+        }
     }
     let id = Opaque::generate();
     let params = serde_json::to_value(&request.params)?;
@@ -326,7 +341,7 @@ async fn wait(
         REQUEST_TTL.as_secs_f64(),
     )
     .await?;
-    Ok(id.expose().to_owned())
+    Ok(Ok(id.expose().to_owned()))
 }
 
 /// A request that waited: its parameters, while it has not expired or been answered.
@@ -359,6 +374,7 @@ pub async fn authorize(
     request: AuthRequest,
     session: Option<SessionView>,
     resumed: Option<Resumed>,
+    ip: Option<&str>,
 ) -> anyhow::Result<Step> {
     let refuse = |error: &str, description: &str| {
         Step::Redirect(error_location(
@@ -373,7 +389,10 @@ pub async fn authorize(
         if request.prompt.none {
             return Ok(refuse("login_required", "the person is not signed in"));
         }
-        let id = wait(provider, &request, resumed.as_ref()).await?;
+        let id = match wait(provider, &request, resumed.as_ref(), ip).await? {
+            Ok(id) => id,
+            Err(retry_after) => return Ok(Step::Throttled(retry_after)),
+        };
         return Ok(Step::SignIn {
             resume: resume_path(&id),
             sign_out_first: false,
@@ -393,7 +412,10 @@ pub async fn authorize(
                 "the sign-in is older than max_age",
             ));
         }
-        let id = wait(provider, &request, resumed.as_ref()).await?;
+        let id = match wait(provider, &request, resumed.as_ref(), ip).await? {
+            Ok(id) => id,
+            Err(retry_after) => return Ok(Step::Throttled(retry_after)),
+        };
         return Ok(Step::SignIn {
             resume: resume_path(&id),
             sign_out_first: true,
@@ -415,7 +437,10 @@ pub async fn authorize(
                 "the person has not allowed this application",
             ));
         }
-        let id = wait(provider, &request, resumed.as_ref()).await?;
+        let id = match wait(provider, &request, resumed.as_ref(), ip).await? {
+            Ok(id) => id,
+            Err(retry_after) => return Ok(Step::Throttled(retry_after)),
+        };
         return Ok(Step::Consent(ConsentView {
             request_id: id,
             client_name: request.client.name.clone(),

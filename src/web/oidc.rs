@@ -176,15 +176,17 @@ async fn session_view(current: &CurrentUser) -> Result<Option<SessionView>, AppE
 
 async fn authorize_get(
     State(provider): State<Provider>,
+    ClientOrigin(origin): ClientOrigin,
     user: Option<CurrentUser>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, AppError> {
     let raw = query.unwrap_or_default();
-    run_authorize(&provider, user, raw.as_bytes()).await
+    run_authorize(&provider, &origin, user, raw.as_bytes()).await
 }
 
 async fn authorize_post(
     State(provider): State<Provider>,
+    ClientOrigin(origin): ClientOrigin,
     user: Option<CurrentUser>,
     body: Bytes,
 ) -> Result<Response, AppError> {
@@ -193,7 +195,7 @@ async fn authorize_post(
     {
         return Ok(see_other(&format!("{AUTHORIZE}?{query}")));
     }
-    run_authorize(&provider, user, &body).await
+    run_authorize(&provider, &origin, user, &body).await
 }
 
 /// A form body that can travel as a query string. A relying party's cross-site form
@@ -207,6 +209,7 @@ fn as_query(body: &[u8]) -> Option<&str> {
 
 async fn run_authorize(
     provider: &Provider,
+    origin: &crate::auth::Origin,
     user: Option<CurrentUser>,
     raw: &[u8],
 ) -> Result<Response, AppError> {
@@ -226,8 +229,10 @@ async fn run_authorize(
         Some(current) => session_view(current).await?,
         None => None,
     };
-    let step = authorize::authorize(provider, request, session, resumed).await?;
+    let step =
+        authorize::authorize(provider, request, session, resumed, origin.ip.as_deref()).await?;
     match step {
+        Step::Throttled(retry_after) => Err(AppError::Throttled { retry_after }),
         Step::Redirect(location) => Ok(see_other(&location)),
         Step::SignIn {
             resume,

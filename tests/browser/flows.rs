@@ -621,3 +621,88 @@ async fn oidc_apache_flow(stack: &OidcProtected, page: &Page) {
     }
     page.checkpoint("oidc-signed-out").await;
 }
+
+/// A relying party's pages on a local port: `/cb` and `/bye` answer a plain page.
+async fn relying_party() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let page = || async {
+        axum::response::Html(
+            "<!doctype html><html lang=\"en\"><title>App – app</title><h1>App</h1></html>",
+        )
+    };
+    let router = axum::Router::new()
+        .route("/cb", axum::routing::get(page))
+        .route("/bye", axum::routing::get(page));
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    base
+}
+
+/// Sign in with latchkey: from an application to the sign-in page, the consent page
+/// (Allow, whose 303 to the application's registered address Chromium checks against
+/// the CSP's form-action), back to the application with a code; then the application's
+/// logout, which asks first.
+pub async fn oidc(app: &TestApp, page: &Page) {
+    app.create_user(EMAIL, PASSWORD).await;
+    let rp = relying_party().await;
+    latchkey::oidc::clients::add(
+        &app.state().oidc,
+        &latchkey::oidc::clients::ClientSpec {
+            id: "notes".to_owned(),
+            name: "Notes".to_owned(),
+            redirect_uris: vec![format!("{rp}/cb")],
+            post_logout_redirect_uris: vec![format!("{rp}/bye")],
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("client");
+    let challenge = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
+    let query: String = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs([
+            ("response_type", "code"),
+            ("client_id", "notes"),
+            ("redirect_uri", &format!("{rp}/cb")),
+            ("scope", "openid email"),
+            ("state", "s1"),
+            ("code_challenge", challenge),
+            ("code_challenge_method", "S256"),
+        ])
+        .finish();
+    page.goto(&format!("/oidc/authorize?{query}")).await;
+    assert!(page.path().await.starts_with("/sign-in?next="));
+    page.fill("#email", EMAIL).await;
+    page.fill("#password", PASSWORD).await;
+    page.enter_and_wait().await;
+    assert!(
+        page.path().await.starts_with("/oidc/consent?"),
+        "{}",
+        page.path().await
+    );
+    page.checkpoint("oidc-consent").await;
+    assert!(page.text("main").await.contains("Your email address"));
+    page.tab_to("button[value='allow']").await;
+    page.enter_and_wait().await;
+    let back = page.current_url().await;
+    assert!(back.starts_with(&format!("{rp}/cb?code=")), "{back}");
+    assert!(back.contains("state=s1") && back.contains("iss="), "{back}");
+
+    let bye: String =
+        url::form_urlencoded::byte_serialize(format!("{rp}/bye").as_bytes()).collect();
+    page.goto(&format!(
+        "/oidc/logout?client_id=notes&post_logout_redirect_uri={bye}&state=s2"
+    ))
+    .await;
+    assert!(page.path().await.starts_with("/oidc/logout/confirm"));
+    page.checkpoint("oidc-logout").await;
+    page.tab_to(".button-row button[type='submit']").await;
+    page.enter_and_wait().await;
+    let left = page.current_url().await;
+    assert_eq!(left, format!("{rp}/bye?state=s2"));
+    page.goto("/").await;
+    assert_path(page, "/sign-in").await;
+}

@@ -20,7 +20,7 @@ use driver::Driver;
 use latchkey_test_support::helpers::{self, TestApp};
 use page::{Page, Report};
 
-const FLOWS: [&str; 9] = [
+const FLOWS: [&str; 10] = [
     "sign_in_and_out",
     "forgot_password",
     "change_password",
@@ -30,6 +30,7 @@ const FLOWS: [&str; 9] = [
     "forward_auth",
     "sign_up",
     "oidc_apache",
+    "oidc",
 ];
 
 async fn run_flow(name: &str, app: &TestApp, page: &Page, driver: &Driver) {
@@ -41,6 +42,7 @@ async fn run_flow(name: &str, app: &TestApp, page: &Page, driver: &Driver) {
         "two_factor" => flows::two_factor(app, page).await,
         "dead_ends" => flows::dead_ends(app, page).await,
         "sign_up" => flows::sign_up(app, page).await,
+        "oidc" => flows::oidc(app, page).await,
         other => unreachable!("unknown flow {other}"),
     }
 }

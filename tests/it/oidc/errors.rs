@@ -525,3 +525,24 @@ async fn hostile_input_to_every_endpoint_never_gets_a_500() {
         }
     }
 }
+
+#[tokio::test]
+async fn waiting_authorization_requests_count_against_the_ip_rate_limit() {
+    let app = TestApp::spawn_with(|config| config.ip_rate_limit = 3).await;
+    let rp = register(&app, "wiki", |_| {}).await;
+    let (_, challenge) = pkce();
+    let browser = app.browser();
+    for _ in 0..3 {
+        let response = browser.get(&authorize_path(&rp, &challenge, &[])).await;
+        assert!(location(&response).starts_with("/sign-in?next="));
+    }
+    let refused = browser.get(&authorize_path(&rp, &challenge, &[])).await;
+    assert_status(&refused, StatusCode::TOO_MANY_REQUESTS);
+    assert!(refused.headers().get("retry-after").is_some());
+    assert_eq!(app.count("select count(*) from oidc_requests").await, 3);
+    // Refusals that store nothing are not counted.
+    let page = browser
+        .get(&authorize_path(&rp, &challenge, &[("client_id", "nobody")]))
+        .await;
+    assert_status(&page, StatusCode::BAD_REQUEST);
+}

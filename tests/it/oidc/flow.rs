@@ -493,3 +493,39 @@ async fn a_posted_authorization_request_works_and_without_the_cookie_becomes_a_g
         "{to}"
     );
 }
+
+#[tokio::test]
+async fn a_refresh_token_presented_again_after_the_grace_window_is_theft() {
+    let app = TestApp::spawn().await;
+    app.create_user(EMAIL, PASSWORD).await;
+    let rp = register(&app, "slow", |_| {}).await;
+    let (_, tokens) = signed_in_with_tokens(&app, &rp).await;
+    let first = tokens["refresh_token"].as_str().expect("rt").to_owned();
+    let second = refresh(&app, &app.base, &rp, &first)
+        .await
+        .json_value()
+        .await;
+    // The successor is not used yet, but the first use was 11 seconds ago.
+    sqlx::query(
+        "update oidc_refresh_tokens set used_at = now() - interval '11 seconds'
+         where used_at is not null",
+    )
+    .execute(&app.pool)
+    .await
+    .expect("age the use");
+    let late = refresh(&app, &app.base, &rp, &first).await;
+    assert_status(&late, StatusCode::BAD_REQUEST);
+    assert_eq!(late.json_value().await["error"], "invalid_grant");
+    let successor = refresh(
+        &app,
+        &app.base,
+        &rp,
+        second["refresh_token"].as_str().expect("rt"),
+    )
+    .await;
+    assert_status(&successor, StatusCode::BAD_REQUEST);
+    assert_status(
+        &userinfo(&app.base, second["access_token"].as_str().expect("at")).await,
+        StatusCode::UNAUTHORIZED,
+    );
+}
