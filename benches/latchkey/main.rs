@@ -11,6 +11,7 @@
 //! - `phases`: what is measured, in which order (start here);
 //! - `limit`: the argon2id baseline, the physical limit of sign-in throughput;
 //! - `load`: the HTTP load: hammering a page, the latency probe, sign-ins that pause;
+//! - `oidc`: the OpenID provider: code exchanges, refreshes and userinfo calls;
 //! - `relay`: the TCP relay between the service and Postgres that counts round trips;
 //! - `service`: the service process and the bench database;
 //! - `cpu`: where the CPU went (/proc), resident memory, load average;
@@ -20,11 +21,15 @@
 //! and `LATCHKEY_*` variables, e.g. `LATCHKEY_ARGON2__THREADS=1`); `LATCHKEY_BENCH_PG`
 //! (default `postgres://postgres@127.0.0.1:5432`), `LATCHKEY_BENCH_CLIENTS` (sign-in
 //! clients, default 3 per hashing thread), `LATCHKEY_BENCH_SIGNIN_SECS` (sign-in time over
-//! all slices, default 20) and `LATCHKEY_BENCH_PAIRS` (limit/sign-in slice pairs, default 5).
+//! all slices, default 20), `LATCHKEY_BENCH_PAIRS` (limit/sign-in slice pairs, default 5),
+//! `LATCHKEY_BENCH_OIDC_SECS` (each OpenID run, default 5) and `LATCHKEY_BENCH_OIDC_CODES`
+//! (codes minted per client, default 4000). `LATCHKEY_BENCH_ONLY=forward-auth` or `=oidc`
+//! runs the set-up and that phase alone.
 
 mod cpu;
 mod limit;
 mod load;
+mod oidc;
 mod phases;
 mod relay;
 mod report;

@@ -1,6 +1,6 @@
 //! What the benchmark measures, in which order: set-up, idle latency, cheap pages, the
 //! argon2 limit and sign-ins in interleaved slices, round trips per sign-in, forgot
-//! password, forward-auth checks, memory. Each phase adds its figures to the report.
+//! password, forward-auth checks, the OpenID provider, memory. Each phase adds its figures to the report.
 
 use std::time::{Duration, Instant};
 
@@ -66,11 +66,17 @@ pub async fn measure(res: &mut Resources) -> anyhow::Result<Report> {
         forward_auth(&bench, &mut report).await?;
         return Ok(report);
     }
+    // LATCHKEY_BENCH_ONLY=oidc: set-up and the OpenID provider's phase alone.
+    if std::env::var("LATCHKEY_BENCH_ONLY").is_ok_and(|v| v == "oidc") {
+        openid(&bench, res, &mut report).await?;
+        return Ok(report);
+    }
     idle_latency(&bench, &mut report).await?;
     cheap_pages(&bench, &mut report).await?;
     sign_in_against_limit(&bench, &mut report).await?;
     forgot_password(&bench, res, &mut report).await?;
     forward_auth(&bench, &mut report).await?;
+    openid(&bench, res, &mut report).await?;
     sign_up(&bench, res, &mut report).await?;
     report.add(
         "5. memory",
@@ -692,6 +698,26 @@ async fn forward_auth(bench: &Bench, report: &mut Report) -> anyhow::Result<()> 
         report.cpu(section, &format!("fa_{key}"), &cpu1.since(&cpu0));
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// 8. The OpenID provider (see oidc.rs)
+
+async fn openid(bench: &Bench, res: &Resources, report: &mut Report) -> anyhow::Result<()> {
+    let database_url = service::pg_url(&res.pg_base, &res.db_name);
+    let ctx = crate::oidc::Ctx {
+        base: &bench.base,
+        pool: &bench.pool,
+        relay: &bench.relay,
+        tables: &bench.tables,
+        service_pid: bench.service_pid,
+        pg_pids: &bench.pg_pids,
+        tmp: &res.tmp,
+        database_url: &database_url,
+        email: &bench.signin_users[1],
+        run_for: Duration::from_secs(env_number("LATCHKEY_BENCH_OIDC_SECS").unwrap_or(5)),
+    };
+    crate::oidc::openid(&ctx, report).await
 }
 
 // ---------------------------------------------------------------------------------------

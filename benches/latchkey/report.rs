@@ -90,6 +90,15 @@ fn targets(v: &dyn Fn(&str) -> f64) -> Vec<(&'static str, String, bool)> {
             v("fa_signed_in_rows_per_check") + v("fa_random_cookie_rows_per_check") == 0.0,
         ),
         (
+            "oidc_exchange_rs256_per_s",
+            format!(
+                "OpenID code exchanges (RS256): {:.0}/s >= 1000, p99 {:.2} <= 10 ms",
+                v("oidc_exchange_rs256_per_s"),
+                v("oidc_exchange_rs256_p99_ms")
+            ),
+            v("oidc_exchange_rs256_per_s") >= 1000.0 && v("oidc_exchange_rs256_p99_ms") <= 10.0,
+        ),
+        (
             "peak_rss_mb",
             format!("peak_rss_mb {:.1} <= 100", v("peak_rss_mb")),
             v("peak_rss_mb") <= 100.0,

@@ -197,10 +197,16 @@ pub fn free_port() -> anyhow::Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
+/// The file in the temporary directory with the service's `LATCHKEY_SECRET_KEY`, for the
+/// operator commands the bench runs beside it (`latchkey oidc client add`).
+pub const SECRET_KEY_FILE: &str = "bench_secret_key";
+
 pub fn start_service(tmp: &Path, db_url: &str, port: u16) -> anyhow::Result<Child> {
     let log = std::fs::File::create(tmp.join("service.log")).context("creating the service log")?;
     let mut key = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut key);
+    let key = base64::engine::general_purpose::STANDARD.encode(key);
+    std::fs::write(tmp.join(SECRET_KEY_FILE), &key).context("writing the secret key")?;
     Command::new(env!("CARGO_BIN_EXE_latchkey"))
         .arg("serve")
         .current_dir(tmp)
@@ -210,10 +216,7 @@ pub fn start_service(tmp: &Path, db_url: &str, port: u16) -> anyhow::Result<Chil
         .env("LATCHKEY_IP_RATE_LIMIT", "0")
         .env("LATCHKEY_SIGN_UP", "open")
         .env("LATCHKEY_MAIL_DIR", tmp.join("mail"))
-        .env(
-            "LATCHKEY_SECRET_KEY",
-            base64::engine::general_purpose::STANDARD.encode(key),
-        )
+        .env("LATCHKEY_SECRET_KEY", key)
         .env_remove("LATCHKEY_SMTP_URL")
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)

@@ -4,6 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use latchkey_test_support::apache::{self, CLIENT_ID, OidcProtected};
 use latchkey_test_support::proxies::{APP_HOST, Kind, Protected};
 
 use crate::driver::Driver;
@@ -502,6 +503,126 @@ pub async fn sign_up(app: &TestApp, page: &Page) {
     sign_in(page, EMAIL, PASSWORD).await;
     assert_path(page, "/").await;
     assert!(page.text("main").await.contains(EMAIL) || page.text("header").await.contains(EMAIL));
+}
+
+/// An application behind Apache with mod_auth_openidc (deploy/apache/latchkey-oidc.conf)
+/// that signs people in with latchkey as its OpenID provider: the anonymous visit ends
+/// on latchkey's sign-in, then its consent page, then the page first asked for with the
+/// identity; signing out of latchkey locks the application again (back-channel logout).
+pub async fn oidc_apache(
+    driver: &Driver,
+    javascript: bool,
+    axe: Arc<String>,
+    report: Arc<Mutex<Report>>,
+) {
+    if !apache::installed("browser oidc_apache") {
+        return;
+    }
+    let stack = OidcProtected::start().await;
+    let client = driver.session(javascript).await;
+    let closer = client.clone();
+    let outcome = tokio::spawn(async move {
+        let page = Page::new(client, &stack.app.base, javascript, axe, report).await;
+        oidc_apache_flow(&stack, &page).await;
+    })
+    .await;
+    let _ = closer.close().await;
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+async fn oidc_apache_flow(stack: &OidcProtected, page: &Page) {
+    stack.app.create_user(EMAIL, PASSWORD).await;
+    let wanted = format!(
+        "{}/reports/q3?team=ops&view=full",
+        stack.apache.site.app_url()
+    );
+
+    page.goto_url(&wanted).await;
+    let url = page.current_url().await;
+    assert!(
+        url.starts_with(&format!("{}/sign-in", page.base)),
+        "sent to {url}\n{}",
+        stack.apache.logs()
+    );
+    assert_eq!(stack.echo.count(), 0, "nothing reached the application");
+    page.checkpoint("oidc-sign-in").await;
+
+    page.fill("#email", EMAIL).await;
+    page.fill("#password", PASSWORD).await;
+    page.enter_and_wait().await;
+    // The consent page names the application; Allow is a button reached by keyboard.
+    assert!(
+        page.current_url().await.starts_with(&page.base),
+        "consent is asked on latchkey: {}",
+        page.current_url().await
+    );
+    assert!(
+        page.text("main").await.contains(CLIENT_ID),
+        "the consent page names the client: {}",
+        page.text("main").await
+    );
+    page.checkpoint("oidc-consent").await;
+    page.tab_to("button[value='allow']").await;
+    let focused = page.prop(":focus", "textContent").await;
+    assert!(
+        focused.contains("Allow"),
+        "Tab reached {focused:?}, not Allow"
+    );
+    page.enter_and_wait().await;
+    assert_eq!(
+        page.current_url().await,
+        wanted,
+        "back to the exact URL\n{}",
+        stack.apache.logs()
+    );
+    let seen = stack.echo.seen();
+    let reached = seen
+        .iter()
+        .find(|s| s.path_and_query() == "/reports/q3?team=ops&view=full")
+        .unwrap_or_else(|| panic!("the page never reached the application: {seen:?}"));
+    assert_eq!(reached.header("oidc_claim_email"), Some(EMAIL));
+    assert!(
+        page.text("body").await.contains(EMAIL),
+        "the application's page shows who signed in"
+    );
+
+    // Signing out on latchkey's own pages locks the application again (the module's
+    // session ends by back-channel logout), and the visit asks for the password again.
+    page.goto("/").await;
+    sign_out(page).await;
+    let signed_out = std::time::Instant::now();
+    loop {
+        let reached = stack.echo.count();
+        page.goto_url(&wanted).await;
+        if stack.echo.count() == reached {
+            break;
+        }
+        assert!(
+            signed_out.elapsed() < std::time::Duration::from_secs(10),
+            "the application still answers after sign-out\n{}",
+            stack.apache.logs()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let url = page.current_url().await;
+    assert!(
+        url.starts_with(&format!("{}/sign-in", page.base)),
+        "after sign-out, sent to {url}"
+    );
+    // While the module's session ended, the browser's own requests to the application
+    // (its /favicon.ico) got the module's 401: the application's console lines, not
+    // latchkey's. Anything else stays for the checkpoint to report.
+    let app_origin = stack.apache.site.app_url();
+    for entry in crate::driver::console_log(&page.client).await {
+        let message = entry["message"].as_str().unwrap_or("");
+        assert!(
+            message.contains(&app_origin) && message.contains("status of 401"),
+            "console: {entry}"
+        );
+    }
+    page.checkpoint("oidc-signed-out").await;
 }
 
 /// A relying party's pages on a local port: `/cb` and `/bye` answer a plain page.

@@ -21,7 +21,7 @@ use driver::Driver;
 use latchkey_test_support::helpers::{self, TestApp};
 use page::{Page, Report};
 
-const FLOWS: [&str; 10] = [
+const FLOWS: [&str; 11] = [
     "sign_in_and_out",
     "forgot_password",
     "change_password",
@@ -31,6 +31,7 @@ const FLOWS: [&str; 10] = [
     "forward_auth",
     "sign_up",
     "passkeys",
+    "oidc_apache",
     "oidc",
 ];
 
@@ -111,8 +112,8 @@ async fn run(selected: Vec<(&'static str, bool)>) -> ExitCode {
             if javascript { "" } else { " (JavaScript off)" }
         );
         let flow_started = Instant::now();
-        // forward_auth opens its own Chromium, once its proxy's port is known.
-        let client = if flow == "forward_auth" {
+        // forward_auth and oidc_apache open their own Chromium, once their stack is up.
+        let client = if flow == "forward_auth" || flow == "oidc_apache" {
             None
         } else {
             Some(driver.session(javascript).await)
@@ -121,7 +122,11 @@ async fn run(selected: Vec<(&'static str, bool)>) -> ExitCode {
         let (axe, report, flow_driver) = (axe.clone(), report.clone(), driver.clone());
         let outcome = tokio::spawn(async move {
             let Some(client) = client else {
-                flows::forward_auth(&flow_driver, javascript, axe, report).await;
+                if flow == "oidc_apache" {
+                    flows::oidc_apache(&flow_driver, javascript, axe, report).await;
+                } else {
+                    flows::forward_auth(&flow_driver, javascript, axe, report).await;
+                }
                 return;
             };
             // Sign-up is closed by default; its flow runs with it open.

@@ -18,6 +18,7 @@ mod housekeeping;
 mod instances;
 mod migrations;
 mod oidc;
+mod oidc_rp;
 mod operator;
 mod passkeys;
 mod private_postgres;
