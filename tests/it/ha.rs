@@ -245,7 +245,7 @@ fn test_postgres_port() -> u16 {
 }
 
 /// Creates a fresh `latchkey_test_<uuid>` database on the Postgres at `base` and returns
-/// its name. Through PgBouncer latchkey cannot create it itself (README).
+/// its name. Through PgBouncer latchkey cannot create it itself (docs/deploy.md).
 async fn create_database(base: &str) -> String {
     let name = format!("latchkey_test_{}", uuid::Uuid::new_v4().simple());
     let admin = process::connect(&format!("{base}/postgres")).await;

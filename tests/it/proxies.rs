@@ -1,4 +1,4 @@
-//! Forward auth through the real nginx and Caddy (README, "Protect an application"):
+//! Forward auth through the real nginx and Caddy (docs/deploy.md, "Protect an application"):
 //! Debian's packages (`.ci/install-proxies`) run in the foreground under
 //! `deploy/nginx/latchkey.conf` and `deploy/caddy/Caddyfile`, with only their `@…@`
 //! placeholders replaced, in front of latchkey and an application that echoes what
@@ -465,7 +465,7 @@ async fn caddy_answers_401_to_an_anonymous_request_that_does_not_want_html() {
     assert_eq!(stack.echo.count(), 0);
 }
 
-/// The shipped files keep every placeholder the tests (and the README) name, so what
+/// The shipped files keep every placeholder the tests (and docs/deploy.md) name, so what
 /// is tested is what an operator edits.
 #[test]
 fn shipped_files_name_their_placeholders_at_the_top() {
