@@ -15,8 +15,7 @@ use sha2::{Digest as _, Sha256};
 use uuid::Uuid;
 
 use super::{Accounts, Origin};
-use crate::mail::messages;
-use crate::store::audit::{self, EventKind};
+use crate::store::audit::EventKind;
 use crate::store::devices;
 
 const ID_BYTES: usize = 16;
@@ -114,23 +113,17 @@ async fn tell_owner(
     email: &str,
     origin: &Origin,
 ) -> anyhow::Result<()> {
-    let mail = messages::security_change(
-        email,
-        &accounts.settings.public_base,
-        EventKind::NewDeviceSignIn,
-        origin,
-    )?;
     let mut tx = accounts.pool.begin().await?;
-    audit::record(
-        &mut *tx,
+    super::record_and_tell_owner(
+        accounts,
+        &mut tx,
+        user_id,
+        email,
         EventKind::NewDeviceSignIn,
-        Some(user_id),
-        Some(email),
-        origin,
         None,
+        origin,
     )
     .await?;
-    accounts.outbox.enqueue(&mut tx, &mail).await?;
     tx.commit().await?;
     accounts.outbox.notify();
     Ok(())

@@ -253,3 +253,27 @@ where
     });
     Ok(())
 }
+
+/// A security event the account's owner is told about: its audit row and the "security
+/// change" mail, written in `conn`'s transaction (the caller commits, then wakes the
+/// outbox). `detail` goes into the audit row only.
+pub async fn record_and_tell_owner(
+    accounts: &Accounts,
+    conn: &mut sqlx::PgConnection,
+    user_id: uuid::Uuid,
+    email: &str,
+    kind: EventKind,
+    detail: Option<&str>,
+    origin: &Origin,
+) -> anyhow::Result<()> {
+    crate::store::audit::record(&mut *conn, kind, Some(user_id), Some(email), origin, detail)
+        .await?;
+    let mail = crate::mail::messages::security_change(
+        email,
+        &accounts.settings.public_base,
+        kind,
+        origin,
+    )?;
+    accounts.outbox.enqueue(conn, &mail).await?;
+    Ok(())
+}

@@ -9,7 +9,6 @@ use super::{Accounts, Origin, ServiceError};
 use crate::domain::EmailAddress;
 use crate::domain::password::{PolicyContext, PolicyViolation};
 use crate::domain::token::ResetToken;
-use crate::mail::messages;
 use crate::store::audit::{self, EventKind};
 use crate::store::reset_tokens;
 use crate::store::sessions;
@@ -232,22 +231,16 @@ pub async fn two_factor_off(
     let mut tx = accounts.pool.begin().await?;
     two_factor::disable(&mut tx, user.id).await?;
     let ended = sessions::delete_for_user(&mut tx, user.id, None).await?;
-    audit::record(
-        &mut *tx,
+    super::record_and_tell_owner(
+        accounts,
+        &mut tx,
+        user.id,
+        user.email.as_str(),
         EventKind::TwoFactorRemovedByOperator,
-        Some(user.id),
-        Some(user.email.as_str()),
-        origin,
         Some(&format!("{ended} sessions")),
+        origin,
     )
     .await?;
-    let mail = messages::security_change(
-        user.email.as_str(),
-        &accounts.settings.public_base,
-        EventKind::TwoFactorRemovedByOperator,
-        origin,
-    )?;
-    accounts.outbox.enqueue(&mut tx, &mail).await?;
     tx.commit().await?;
     accounts.outbox.notify();
     Ok((user, ended))

@@ -21,7 +21,6 @@ use crate::auth::throttle::{self, IpScope};
 use crate::auth::two_factor;
 use crate::auth::{Accounts, Origin, ServiceError, confirm_password};
 use crate::config::Config;
-use crate::mail::messages;
 use crate::store::audit::{self, EventKind};
 use crate::store::passkeys::{self as store, NewPasskey, PasskeyRow};
 use crate::store::users::{self, User};
@@ -335,23 +334,16 @@ async fn notify(
     name: &str,
     origin: &Origin,
 ) -> anyhow::Result<()> {
-    audit::record(
-        &mut *conn,
-        kind,
-        Some(user.id),
-        Some(user.email.as_str()),
-        origin,
-        Some(name),
-    )
-    .await?;
-    let mail = messages::security_change(
+    crate::auth::record_and_tell_owner(
+        accounts,
+        conn,
+        user.id,
         user.email.as_str(),
-        &accounts.settings.public_base,
         kind,
+        Some(name),
         origin,
-    )?;
-    accounts.outbox.enqueue(conn, &mail).await?;
-    Ok(())
+    )
+    .await
 }
 
 /// Removes one of the account's passkeys (the caller confirmed the owner first); whether

@@ -13,7 +13,6 @@ use super::set_password::{Replacement, set_password};
 use super::{Accounts, Origin, ServiceError, confirm_password, throttle};
 use crate::domain::SessionDigest;
 use crate::domain::password::{PolicyContext, PolicyViolation, normalize};
-use crate::mail::messages;
 use crate::store::audit::{self, EventKind};
 use crate::store::two_factor as store;
 use crate::store::users::{self, User};
@@ -241,23 +240,16 @@ async fn notify(
     kind: EventKind,
     origin: &Origin,
 ) -> anyhow::Result<()> {
-    audit::record(
-        &mut *conn,
-        kind,
-        Some(user.id),
-        Some(user.email.as_str()),
-        origin,
-        None,
-    )
-    .await?;
-    let mail = messages::security_change(
+    super::record_and_tell_owner(
+        accounts,
+        conn,
+        user.id,
         user.email.as_str(),
-        &accounts.settings.public_base,
         kind,
+        None,
         origin,
-    )?;
-    accounts.outbox.enqueue(conn, &mail).await?;
-    Ok(())
+    )
+    .await
 }
 
 /// Turns two-factor on with the pending secret; returns the recovery codes to show once.
