@@ -13,6 +13,11 @@ use crate::helpers::Browser;
 use crate::process::latchkey_binary;
 use latchkey_test_support::proxies::free_port;
 
+/// Where nothing answers: port 1 on loopback. A free ephemeral port would not do: the
+/// other tests running beside this one bind such ports at any moment, and then something
+/// (an HTTP server) answers where the test said nothing would.
+const NOTHING_AT: u16 = 1;
+
 /// A working directory of its own that the `postgres` user may pass through (the cluster
 /// runs as that user when the tests run as root, as CI does).
 fn work_dir() -> PathBuf {
@@ -76,7 +81,7 @@ fn wait_for_exit(child: &mut Child, within: Duration) -> std::process::ExitStatu
 #[tokio::test]
 async fn a_first_run_with_no_database_set_up_serves_through_a_private_cluster_and_stops_it() {
     let dir = work_dir();
-    let nothing_at = free_port();
+    let nothing_at = NOTHING_AT;
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let log_path = dir.join("log");
@@ -195,7 +200,7 @@ fn with_no_postgres_programs_to_be_found_it_says_how_to_install_one() {
     let dir = work_dir();
     let empty = dir.join("no-postgres-here");
     std::fs::create_dir_all(&empty).expect("empty dir");
-    let output = latchkey(&dir, free_port(), &["serve"])
+    let output = latchkey(&dir, NOTHING_AT, &["serve"])
         .env("LATCHKEY_POSTGRES_BINDIR", &empty)
         .env("LATCHKEY_LISTEN", format!("127.0.0.1:{}", free_port()))
         .output()
@@ -223,8 +228,8 @@ fn with_no_postgres_programs_to_be_found_it_says_how_to_install_one() {
 #[test]
 fn a_configured_database_url_is_never_replaced_by_a_private_cluster() {
     let dir = work_dir();
-    let nowhere = free_port();
-    let output = latchkey(&dir, free_port(), &["migrate"])
+    let nowhere = NOTHING_AT;
+    let output = latchkey(&dir, NOTHING_AT, &["migrate"])
         .env(
             "DATABASE_URL",
             format!("postgres://postgres@127.0.0.1:{nowhere}/latchkey"),
