@@ -246,6 +246,13 @@ pub async fn complete_reset(
         .map_err(ServiceError::from)?;
 
     let mut tx = accounts.pool.begin().await?;
+    // The account's row first, as every other path that sets a password takes it: a
+    // change racing this reset holds the row and then voids this link's row, so taking
+    // the link first would wait on each other (a deadlock). Disabled meanwhile: the
+    // link does nothing, as `check_link` says of a disabled account.
+    if !reset_tokens::lock_account(&mut tx, user.id).await? {
+        return Err(ResetError::Token(TokenProblem::Invalid));
+    }
     // The token may have been used or expired while we hashed: the consume decides.
     if reset_tokens::consume(&mut tx, &digest).await?.is_none() {
         return Err(ResetError::Token(TokenProblem::Used));
