@@ -253,11 +253,26 @@ pub async fn start_registration(
     Ok(Started { ceremony, options })
 }
 
-/// A passkey added: the recovery codes to show once, when the account had none.
-#[derive(Debug)]
+/// A passkey added: the recovery codes to show once, when the account had none. Its
+/// `Debug` says how many codes there are, never the codes.
 pub struct Added {
     pub id: Uuid,
     pub recovery_codes: Option<Vec<String>>,
+}
+
+impl std::fmt::Debug for Added {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Added")
+            .field("id", &self.id)
+            .field(
+                "recovery_codes",
+                &self
+                    .recovery_codes
+                    .as_ref()
+                    .map(|codes| format!("[{} redacted]", codes.len())),
+            )
+            .finish()
+    }
 }
 
 /// Finishes adding a passkey: the browser's answer to [`start_registration`]'s options,
@@ -629,6 +644,17 @@ pub async fn verify_for_reset(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_of_an_added_passkey_never_prints_its_recovery_codes() {
+        let added = Added {
+            id: Uuid::nil(),
+            recovery_codes: Some(vec!["k7m2-x9qp-4hzt".to_owned(); 10]),
+        };
+        let printed = format!("{added:?} {added:#?}");
+        assert!(!printed.contains("k7m2"), "{printed}");
+        assert!(printed.contains("[10 redacted]"), "{printed}");
+    }
 
     #[test]
     fn names_are_trimmed_single_spaced_and_bounded() {

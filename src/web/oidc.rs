@@ -587,26 +587,40 @@ async fn userinfo_post(
 
 // ---- Revocation and introspection ---------------------------------------------------------------
 
+/// What revocation and introspection both start with (RFC 7009 and RFC 7662): the
+/// client authenticated like at the token endpoint, and the `token` parameter.
+async fn token_request(
+    provider: &Provider,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Result<(Client, Params, String), Response>, AppError> {
+    let (client, params) = match authenticated(provider, headers, body).await? {
+        Ok(found) => found,
+        Err(response) => return Ok(Err(response)),
+    };
+    let Some(token) = params.get("token").cloned() else {
+        return Ok(Err(oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "token is required",
+        )));
+    };
+    Ok(Ok((client, params, token)))
+}
+
 async fn revoke(
     State(provider): State<Provider>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, AppError> {
-    let (client, params) = match authenticated(&provider, &headers, &body).await? {
+    let (client, params, token) = match token_request(&provider, &headers, &body).await? {
         Ok(found) => found,
         Err(response) => return Ok(response),
-    };
-    let Some(token) = params.get("token") else {
-        return Ok(oauth_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "token is required",
-        ));
     };
     tokens::revoke(
         &provider,
         &client,
-        token,
+        &token,
         params.get("token_type_hint").map(String::as_str),
     )
     .await?;
@@ -618,21 +632,14 @@ async fn introspect(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, AppError> {
-    let (client, params) = match authenticated(&provider, &headers, &body).await? {
+    let (client, params, token) = match token_request(&provider, &headers, &body).await? {
         Ok(found) => found,
         Err(response) => return Ok(response),
-    };
-    let Some(token) = params.get("token") else {
-        return Ok(oauth_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "token is required",
-        ));
     };
     let answer = tokens::introspect(
         &provider,
         &client,
-        token,
+        &token,
         params.get("token_type_hint").map(String::as_str),
     )
     .await?;
