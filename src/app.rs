@@ -257,6 +257,10 @@ impl Server {
                 stopping.clone(),
             ),
             crate::oidc::logout::spawn_worker(state.oidc.clone(), stopping.clone()),
+            tokio::spawn(resume_mail_requests(
+                state.accounts.clone(),
+                stopping.clone(),
+            )),
             tokio::spawn(housekeeping(
                 state.pool.clone(),
                 Duration::from_secs(state.config.housekeeping_interval_secs.max(1)),
@@ -415,6 +419,31 @@ fn is_connection_error(err: &std::io::Error) -> bool {
             | std::io::ErrorKind::ConnectionAborted
             | std::io::ErrorKind::ConnectionReset
     )
+}
+
+/// How often each instance looks for forgot-password and sign-up requests that no task
+/// finished (`auth::deferred`).
+const RESUME_MAIL_REQUESTS_EVERY: Duration = Duration::from_secs(5);
+
+/// Does the mail requests a crash or a failed task left, at start-up and then every
+/// [`RESUME_MAIL_REQUESTS_EVERY`], until shutdown.
+async fn resume_mail_requests(accounts: Accounts, mut stopping: watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(RESUME_MAIL_REQUESTS_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => match crate::auth::deferred::resume(&accounts).await {
+                Ok(0) => {}
+                Ok(done) => tracing::info!(done, "resumed mail requests"),
+                Err(err) => tracing::warn!(error = format!("{err:#}"), "resuming mail requests failed"),
+            },
+            changed = stopping.changed() => {
+                if changed.is_err() || *stopping.borrow() {
+                    return;
+                }
+            }
+        }
+    }
 }
 
 /// Sweeps at start-up and then every `period`, until shutdown.

@@ -3,6 +3,7 @@
 //! command of the CLI or a forward-auth check calls them the same way.
 
 pub mod change;
+pub mod deferred;
 pub mod devices;
 pub mod operator;
 pub mod passwords;
@@ -224,34 +225,6 @@ pub fn is_unavailable(err: &anyhow::Error) -> bool {
                 .downcast_ref::<sqlx::Error>()
                 .is_some_and(crate::store::reachability::is_outage)
     })
-}
-
-/// Work that must not change how long the answer takes (it would tell which addresses have
-/// accounts): checks first that the database answers, since the answer will promise a mail
-/// (with it out of reach, the request is refused with 503 instead), then runs `work` after
-/// the answer on the task tracker, which a graceful shutdown drains. `what` names the work
-/// in the log when it fails.
-pub async fn after_the_answer<F>(
-    accounts: &Accounts,
-    what: &'static str,
-    work: F,
-) -> Result<(), ServiceError>
-where
-    F: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
-{
-    // The same query for every address, so it tells nothing either.
-    if !crate::store::reachability::ping(&accounts.pool, accounts.settings.db_acquire_timeout).await
-    {
-        return Err(ServiceError::Unexpected(
-            anyhow::Error::new(Unavailable).context(format!("checking the database before {what}")),
-        ));
-    }
-    accounts.tasks.spawn(async move {
-        if let Err(err) = work.await {
-            tracing::error!(error = format!("{err:#}"), "{what} failed");
-        }
-    });
-    Ok(())
 }
 
 /// A security event the account's owner is told about: its audit row and the "security

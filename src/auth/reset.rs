@@ -1,7 +1,9 @@
 //! "Forgot your password?": request a single-use emailed link, then redeem it once.
 
 use secrecy::SecretString;
+use sqlx::PgConnection;
 
+use super::deferred::Request;
 use super::set_password::{Replacement, set_password};
 use super::throttle::{IpScope, check_ip};
 use super::two_factor::{self, CodeError};
@@ -13,7 +15,6 @@ use crate::mail::messages;
 use crate::store::audit::{self, EventKind};
 use crate::store::passkeys;
 use crate::store::reset_tokens::{self, TokenState};
-use crate::store::throttle;
 use crate::store::users;
 
 #[derive(Debug, thiserror::Error)]
@@ -26,9 +27,10 @@ pub enum RequestLinkError {
 }
 
 /// "Forgot your password?": counts the request against the client's IP, and when the
-/// address is one, runs [`request_reset`] after the answer (so known and unknown
-/// addresses take the same time; a graceful shutdown finishes it). Returns the address
-/// the answer names.
+/// address is one, records the request before answering; [`issue_link`] turns it into a
+/// link after the answer (so known and unknown addresses take the same time, and a crash
+/// after the answer delays the mail but does not lose it). Returns the address the answer
+/// names.
 pub async fn request_link(
     accounts: &Accounts,
     email_input: &str,
@@ -38,27 +40,22 @@ pub async fn request_link(
     check_ip(accounts, IpScope::ForgotPassword, &ip).await?;
     let email = EmailAddress::parse(email_input)
         .map_err(|err| RequestLinkError::InvalidEmail(err.to_string()))?;
-    let (task_accounts, task_email, task_origin) =
-        (accounts.clone(), email.clone(), origin.clone());
-    super::after_the_answer(accounts, "a password reset request", async move {
-        request_reset(&task_accounts, &task_email, &task_origin).await
-    })
-    .await?;
+    super::deferred::record(accounts, Request::Reset, &email, origin).await?;
     Ok(email)
 }
 
-/// Issues a token and queues its mail, if the address has an account and has not had too
-/// many links this hour. Says nothing about which happened: the caller answers the same
-/// page either way, and runs this off the request path so the answer takes the same time.
+/// Issues a token and queues its mail in `conn`'s transaction, if the address has an
+/// account and has not had too many links this hour. Says nothing about which happened:
+/// the answer was the same page either way, given before this ran.
 #[tracing::instrument(skip_all, fields(user_id = tracing::field::Empty))]
-pub async fn request_reset(
+pub(super) async fn issue_link(
     accounts: &Accounts,
+    conn: &mut PgConnection,
     email: &EmailAddress,
     origin: &Origin,
 ) -> anyhow::Result<()> {
-    // A disabled account gets nothing, as an unknown address does (this runs after the
-    // answer, so the two take the same time).
-    let Some(user) = users::find_by_email(&accounts.pool, email)
+    // A disabled account gets nothing, as an unknown address does.
+    let Some(user) = users::find_by_email(&mut *conn, email)
         .await?
         .filter(|user| !user.is_disabled())
     else {
@@ -68,11 +65,10 @@ pub async fn request_reset(
     // One request per account at a time: with the account's row locked, the count, the
     // voiding of older links, the new link and its mail happen as one step, so however
     // many requests race, the hourly limit holds and only the newest link is live.
-    let mut tx = accounts.pool.begin().await?;
-    if !reset_tokens::lock_account(&mut tx, user.id).await? {
+    if !reset_tokens::lock_account(conn, user.id).await? {
         return Ok(());
     }
-    if reset_tokens::count_recent(&mut *tx, user.id).await?
+    if reset_tokens::count_recent(&mut *conn, user.id).await?
         >= accounts.settings.throttle.reset_mails_per_hour
     {
         tracing::info!("reset mail limit reached for the account; nothing sent");
@@ -86,10 +82,10 @@ pub async fn request_reset(
         token.expose()
     );
     let mail = messages::reset(user.email.as_str(), &link, ttl, origin)?;
-    reset_tokens::insert(&mut tx, user.id, &token.digest(), ttl, origin.ip.as_deref()).await?;
-    accounts.outbox.enqueue(&mut tx, &mail).await?;
+    reset_tokens::insert(conn, user.id, &token.digest(), ttl, origin.ip.as_deref()).await?;
+    accounts.outbox.enqueue(conn, &mail).await?;
     audit::record(
-        &mut *tx,
+        &mut *conn,
         EventKind::ResetRequested,
         Some(user.id),
         Some(user.email.as_str()),
@@ -97,8 +93,6 @@ pub async fn request_reset(
         None,
     )
     .await?;
-    tx.commit().await?;
-    accounts.outbox.notify();
     Ok(())
 }
 
@@ -267,10 +261,12 @@ pub async fn complete_reset(
     )
     .await?
     .ok_or_else(|| anyhow::anyhow!("a reset is never refused for a newer password"))?;
-    // Whoever made the account wait (wrong guesses by someone else, say) must not keep
-    // its owner out once the owner has set a new password through the mailed link.
-    throttle::clear(&mut tx, &user.email_key, false).await?;
     tx.commit().await?;
     accounts.outbox.notify();
+    // Whoever made the account wait (wrong guesses by someone else, say) must not keep
+    // its owner out once the owner has set a new password through the mailed link. After
+    // the commit, as a password change does: the transaction never waits on a sign-in's
+    // throttle row while it holds the account.
+    super::throttle::clear(accounts, &user.email_key).await?;
     Ok(user.id)
 }

@@ -7,7 +7,9 @@
 //! "Forgot your password?".
 
 use secrecy::SecretString;
+use sqlx::PgConnection;
 
+use super::deferred::Request;
 use super::passwords::Verified;
 use super::throttle::{IpScope, check_ip};
 use super::{Accounts, Origin, ServiceError};
@@ -46,8 +48,8 @@ pub enum SignUpError {
 
 /// A sign-up request: counted against the client's IP, then the address, its domain and
 /// the password checked, the password hashed (for every address alike); the link or the
-/// "you already have an account" note is queued after the answer by [`record_request`].
-/// Returns the address the answer names.
+/// "you already have an account" note is recorded before the answer and queued after it by
+/// [`issue_mail`]. Returns the address the answer names.
 pub async fn request_sign_up(
     accounts: &Accounts,
     email_input: &str,
@@ -93,13 +95,8 @@ pub async fn request_sign_up(
         .hash(SecretString::from(password.expose().to_owned()))
         .await
         .map_err(ServiceError::from)?;
-    let (task_accounts, task_email, task_origin) =
-        (accounts.clone(), email.clone(), origin.clone());
-    let task_hash = SecretString::from(hash);
-    super::after_the_answer(accounts, "recording a sign-up", async move {
-        record_request(&task_accounts, &task_email, task_hash, &task_origin).await
-    })
-    .await?;
+    let hash = SecretString::from(hash);
+    super::deferred::record(accounts, Request::SignUp(hash), &email, origin).await?;
     Ok(email)
 }
 
@@ -110,36 +107,35 @@ fn domain_of(email: &EmailAddress) -> &str {
         .map_or("", |(_, domain)| domain)
 }
 
-/// Queues the sign-up's mail unless the address has had too many this hour: a new
-/// address gets a single-use link (older ones stay live: each is bound to its own
-/// password), one with an account a note that it has one (a disabled one: to contact the
-/// operator). With the address locked, the count, the new row and its mail are one step,
-/// so however many requests race, the hourly limit holds.
+/// Queues the sign-up's mail in `conn`'s transaction unless the address has had too many
+/// this hour: a new address gets a single-use link (older ones stay live: each is bound to
+/// its own password), one with an account a note that it has one (a disabled one: to
+/// contact the operator). With the address locked, the count, the new row and its mail
+/// are one step, so however many requests race, the hourly limit holds.
 #[tracing::instrument(skip_all)]
-pub async fn record_request(
+pub(super) async fn issue_mail(
     accounts: &Accounts,
+    conn: &mut PgConnection,
     email: &EmailAddress,
-    password_hash: SecretString,
+    password_hash: &SecretString,
     origin: &Origin,
 ) -> anyhow::Result<()> {
     use secrecy::ExposeSecret;
     let key = email.key();
     let ttl = accounts.settings.reset_token_ttl_secs;
-    // Looked up before the transaction, so a request never holds one connection while it
-    // waits for another (many requests for one address queue on its lock). An account
-    // made in between is caught at confirmation, which never makes a second one.
-    let existing = users::find_by_email(&accounts.pool, email).await?;
-    let mut tx = accounts.pool.begin().await?;
-    sign_ups::lock_address(&mut tx, &key).await?;
-    if sign_ups::count_recent(&mut *tx, &key).await?
+    sign_ups::lock_address(conn, &key).await?;
+    if sign_ups::count_recent(&mut *conn, &key).await?
         >= accounts.settings.throttle.reset_mails_per_hour
     {
         tracing::info!("sign-up mail limit reached for the address; nothing sent");
         return Ok(());
     }
-    let mail = match existing {
+    // Looked up with the address locked: an account confirmed in the meantime is seen
+    // (and one made by an operator in between is caught at confirmation, which never
+    // makes a second one).
+    let mail = match users::find_by_email(&mut *conn, email).await? {
         Some(user) => {
-            sign_ups::record_existing(&mut tx, email.as_str(), &key, ttl, origin.ip.as_deref())
+            sign_ups::record_existing(conn, email.as_str(), &key, ttl, origin.ip.as_deref())
                 .await?;
             messages::sign_up_existing(
                 user.email.as_str(),
@@ -156,7 +152,7 @@ pub async fn record_request(
                 token.expose()
             );
             sign_ups::insert(
-                &mut tx,
+                conn,
                 email.as_str(),
                 &key,
                 &token.digest(),
@@ -168,9 +164,7 @@ pub async fn record_request(
             messages::sign_up(email.as_str(), &link, ttl, origin)?
         }
     };
-    accounts.outbox.enqueue(&mut tx, &mail).await?;
-    tx.commit().await?;
-    accounts.outbox.notify();
+    accounts.outbox.enqueue(conn, &mail).await?;
     Ok(())
 }
 

@@ -401,8 +401,8 @@ mod tests {
                 kid: kid.clone(),
                 key: PrivateKey::parse(alg, &der).expect("parses"),
             };
-            let token = compact_jws(alg, &active, "JWT", &serde_json::json!({"sub": "x"}))
-                .expect("signed");
+            let token =
+                compact_jws(alg, &active, "JWT", &serde_json::json!({"sub": "x"})).expect("signed");
             let header = jsonwebtoken::decode_header(&token).expect("header");
             assert_eq!(header.kid.as_deref(), Some(kid.as_str()));
             assert_eq!(header.typ.as_deref(), Some("JWT"));
@@ -416,7 +416,10 @@ mod tests {
             assert_eq!(claims.claims["sub"], "x");
             let (rest, signature) = token.rsplit_once('.').expect("three parts");
             let (head, _) = rest.split_once('.').expect("three parts");
-            let forged = format!("{head}.{}.{signature}", URL_SAFE_NO_PAD.encode(br#"{"sub":"y"}"#));
+            let forged = format!(
+                "{head}.{}.{signature}",
+                URL_SAFE_NO_PAD.encode(br#"{"sub":"y"}"#)
+            );
             assert!(
                 jsonwebtoken::decode::<serde_json::Value>(&forged, &decoding, &validation).is_err(),
                 "{} accepted a changed payload",

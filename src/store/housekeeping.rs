@@ -11,12 +11,15 @@ pub struct Swept {
     pub throttles: u64,
     pub outbox: u64,
     pub sign_ups: u64,
+    /// Forgot-password and sign-up requests a day old that never went through.
+    pub mail_requests: u64,
     /// OpenID grants, codes, tokens, requests and logout deliveries.
     pub oidc: u64,
 }
 
 /// Deletes expired sessions, tokens dead for a day, idle throttle rows, and mail that was
-/// delivered (or given up on) more than a week ago, and dead sign-ups.
+/// delivered (or given up on) more than a week ago, dead sign-ups, and mail requests a
+/// day old.
 #[tracing::instrument(skip_all)]
 pub async fn sweep(pool: &PgPool) -> anyhow::Result<Swept> {
     let sessions = sqlx::query!("delete from sessions where expires_at <= now()")
@@ -57,10 +60,12 @@ pub async fn sweep(pool: &PgPool) -> anyhow::Result<Swept> {
     .context("deleting delivered mail")?
     .rows_affected();
     let sign_ups = super::sign_ups::sweep(pool).await?;
+    let mail_requests = super::mail_requests::sweep(pool).await?;
     let oidc = super::oidc_grants::sweep(pool).await?;
     Ok(Swept {
         oidc,
         sign_ups,
+        mail_requests,
         sessions,
         reset_tokens,
         throttles,

@@ -5,6 +5,7 @@
 pub mod audit;
 pub mod devices;
 pub mod housekeeping;
+pub mod mail_requests;
 pub mod oidc_clients;
 pub mod oidc_consents;
 pub mod oidc_grants;

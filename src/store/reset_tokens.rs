@@ -43,11 +43,14 @@ pub async fn void_for_user(conn: &mut PgConnection, user_id: Uuid) -> anyhow::Re
 
 /// Locks the account's row until the transaction ends, so reset requests for one account
 /// run one after another; `false` if the account is gone or disabled (a disable that
-/// held the row is waited for, then seen).
+/// held the row is waited for, then seen). `for no key update`, the lock an update of the
+/// row takes: it serialises the writers of the account, but never makes a row that merely
+/// refers to it (a sign-in's audit row or session) wait, which holding `for update` did,
+/// deadlocking a sign-in that held its address's throttle row against a reset.
 #[tracing::instrument(skip(conn))]
 pub async fn lock_account(conn: &mut PgConnection, user_id: Uuid) -> anyhow::Result<bool> {
     let row = sqlx::query_scalar!(
-        "select id from users where id = $1 and disabled_at is null for update",
+        "select id from users where id = $1 and disabled_at is null for no key update",
         user_id
     )
     .fetch_optional(conn)

@@ -158,10 +158,14 @@ pub async fn unused_recovery_codes_in(
     conn: &mut PgConnection,
     user_id: Uuid,
 ) -> anyhow::Result<i64> {
-    sqlx::query!("select id from users where id = $1 for update", user_id)
-        .fetch_optional(&mut *conn)
-        .await
-        .context("locking an account")?;
+    // As `reset_tokens::lock_account`: writers of the account wait, rows referring to it don't.
+    sqlx::query!(
+        "select id from users where id = $1 for no key update",
+        user_id
+    )
+    .fetch_optional(&mut *conn)
+    .await
+    .context("locking an account")?;
     sqlx::query_scalar!(
         r#"select count(*) as "count!" from recovery_codes where user_id = $1 and used_at is null"#,
         user_id,

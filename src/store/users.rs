@@ -1,7 +1,7 @@
 //! Accounts: email, argon2id PHC hash, password change time.
 
 use anyhow::Context;
-use sqlx::{PgConnection, PgPool};
+use sqlx::{PgConnection, PgExecutor, PgPool};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -97,7 +97,10 @@ const EMAIL_KEY_CONSTRAINT: &str = "users_email_key_key";
 
 /// Accounts are found by `EmailAddress::key`, stored in `email_key` (unique).
 #[tracing::instrument(skip_all)]
-pub async fn find_by_email(pool: &PgPool, email: &EmailAddress) -> anyhow::Result<Option<User>> {
+pub async fn find_by_email<'e>(
+    executor: impl PgExecutor<'e>,
+    email: &EmailAddress,
+) -> anyhow::Result<Option<User>> {
     let row = sqlx::query_as!(
         UserRow,
         "select id, email, email_key, password_hash, password_changed_at, created_at,
@@ -105,7 +108,7 @@ pub async fn find_by_email(pool: &PgPool, email: &EmailAddress) -> anyhow::Resul
          from users where email_key = $1",
         email.key(),
     )
-    .fetch_optional(pool)
+    .fetch_optional(executor)
     .await
     .context("looking an account up by address")?;
     Ok(row.map(User::from))

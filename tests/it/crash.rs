@@ -263,3 +263,119 @@ async fn sigkill_during_changes_and_resets_leaves_old_or_new_password_never_neit
         drop(fresh);
     }
 }
+
+/// Mail waiting on the pages' answers: "Forgot your password?" and sign-up answer before
+/// their link is made (so every address takes the same time), and SIGKILL right after the
+/// answer must not lose the mail. The test holds the locks the work needs (the account's
+/// row, the new address's sign-up lock) so the kill surely comes first; after a restart
+/// each mail arrives exactly once, its link works, and an unknown address still gets
+/// nothing. Before requests were committed ahead of the answer, both mails were lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_right_after_the_answer_delays_reset_and_sign_up_mail_but_never_loses_it() {
+    const KNOWN: &str = "known@example.com";
+    const NEWCOMER: &str = "newcomer@example.com";
+    const STRANGER: &str = "stranger@example.com";
+    let smtp = SmtpSink::start().await;
+    let database_url = process::fresh_database();
+    let open = [("LATCHKEY_SIGN_UP", "open")];
+    let mut service = ServiceProcess::start(&database_url, &smtp.url(), &open).await;
+    let db = process::connect(&database_url).await;
+    process::create_users(&db, &[KNOWN.to_owned()], PASSWORD).await;
+
+    let mut holder = db.begin().await.expect("begin");
+    sqlx::query("select id from users where email_key = $1 for update")
+        .bind(KNOWN)
+        .fetch_one(&mut *holder)
+        .await
+        .expect("lock the account");
+    sqlx::query("select pg_advisory_xact_lock(hashtextextended('sign_up:' || $1, 0))")
+        .bind(NEWCOMER)
+        .execute(&mut *holder)
+        .await
+        .expect("lock the address");
+
+    let browser = Browser::new(&service.base);
+    assert_status(&browser.forgot_password(KNOWN).await, StatusCode::OK);
+    assert_status(&browser.forgot_password(STRANGER).await, StatusCode::OK);
+    let signed_up = browser
+        .submit(
+            "/sign-up",
+            "/sign-up",
+            &[
+                ("email", NEWCOMER),
+                ("new_password", NEW_PASSWORD),
+                ("new_password_confirm", NEW_PASSWORD),
+            ],
+        )
+        .await;
+    assert_status(&signed_up, StatusCode::OK);
+
+    // Both works are in flight, each waiting on a lock the test holds.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (waiting,): (i64,) = sqlx::query_as(
+            "select count(*) from pg_stat_activity
+             where datname = current_database() and wait_event_type = 'Lock'",
+        )
+        .fetch_one(&db)
+        .await
+        .expect("pg_locks");
+        if waiting >= 2 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the mail work never reached the held locks ({waiting} waiting)"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    service.kill();
+    holder.rollback().await.expect("release the locks");
+
+    // Nothing went out from the killed instance, and the two requests are still there (the
+    // stranger's was done: it had nothing to wait for, and nothing to send).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(smtp.count(), 0, "mail sent by a killed instance");
+    let (waiting,): (i64,) = sqlx::query_as("select count(*) from mail_requests")
+        .fetch_one(&db)
+        .await
+        .expect("mail requests");
+    assert_eq!(waiting, 2, "the answered requests must outlive the process");
+
+    let service = ServiceProcess::start(&database_url, &smtp.url(), &open).await;
+    let mails = smtp.wait_for(2, Duration::from_secs(30)).await;
+    assert_eq!(mails.len(), 2, "both mails after the restart");
+    // Settled: nothing waits, and nobody got a second mail.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (left,): (i64,) = sqlx::query_as("select count(*) from mail_requests")
+            .fetch_one(&db)
+            .await
+            .expect("mail requests");
+        if left == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{left} requests left"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(smtp.count_to(KNOWN), 1);
+    assert_eq!(smtp.count_to(NEWCOMER), 1);
+    assert_eq!(smtp.count_to(STRANGER), 0);
+
+    let browser = Browser::new(&service.base);
+    for (address, page) in [(KNOWN, "/reset-password"), (NEWCOMER, "/sign-up/confirm")] {
+        let link = smtp.messages_to(address)[0].first_link().expect("a link");
+        let (_, query) = link.split_once('?').expect("a token");
+        let opened = browser.get(&format!("{page}?{query}")).await;
+        assert_status(&opened, StatusCode::OK);
+        let body = opened.text().await.expect("page");
+        assert!(
+            body.contains("<form"),
+            "{address}'s link shows no form: {body}"
+        );
+    }
+}

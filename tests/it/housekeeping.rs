@@ -154,7 +154,23 @@ async fn the_sweep_deletes_only_what_is_dead_and_keeps_what_is_live() {
     )
     .await;
 
+    // Mail requests a day old that never went through go; a younger one waiting for its
+    // retry stays.
+    exec(
+        &app,
+        "insert into mail_requests (kind, email, created_at, not_before) values
+           ('reset', 'stale@example.com', now() - interval '25 hours', now() + interval '1 hour'),
+           ('reset', 'waiting@example.com', now() - interval '2 hours', now() + interval '1 hour')",
+    )
+    .await;
+
     let swept = sweep(&app.pool).await.expect("sweep");
+    let (waiting,): (Vec<String>,) =
+        sqlx::query_as("select coalesce(array_agg(email order by email), '{}') from mail_requests")
+            .fetch_one(&app.pool)
+            .await
+            .expect("mail requests left");
+    assert_eq!(waiting, ["waiting@example.com"]);
     let (kept,): (Vec<String>,) =
         sqlx::query_as("select coalesce(array_agg(email order by email), '{}') from sign_ups")
             .fetch_one(&app.pool)
@@ -170,6 +186,7 @@ async fn the_sweep_deletes_only_what_is_dead_and_keeps_what_is_live() {
             throttles: 3,
             outbox: 2,
             sign_ups: 2,
+            mail_requests: 1,
             oidc: 0,
         }
     );
