@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
-use argon2::password_hash::PasswordHash;
+use argon2::password_hash::phc::PasswordHash;
 use argon2::{Algorithm, Argon2, Block, Params, Version};
 
 use crate::PASSWORD;
@@ -25,13 +25,7 @@ struct Target {
 
 fn parse_target(hash: &str) -> anyhow::Result<Target> {
     let parsed = PasswordHash::new(hash).map_err(|e| anyhow!("{e}"))?;
-    let mut salt = [0u8; 64];
-    let salt = parsed
-        .salt
-        .context("no salt in the hash")?
-        .decode_b64(&mut salt)
-        .map_err(|e| anyhow!("{e}"))?
-        .to_vec();
+    let salt = parsed.salt.context("no salt in the hash")?.to_vec();
     let expected = parsed
         .hash
         .context("no output in the hash")?
@@ -48,10 +42,32 @@ pub fn argon2_limit(
     hash: &str,
     run_for: Duration,
 ) -> anyhow::Result<Limit> {
+    on_threads(params, threads, hash, run_for, verify_for)
+}
+
+/// As [`argon2_limit`], with `argon2` 0.5.3 (the version the service used before 0.6).
+pub fn argon2_05_limit(
+    params: &Params,
+    threads: usize,
+    hash: &str,
+    run_for: Duration,
+) -> anyhow::Result<Limit> {
+    on_threads(params, threads, hash, run_for, verify_for_05)
+}
+
+type VerifyFor = fn(&Params, &Target, Duration) -> anyhow::Result<(f64, f64)>;
+
+fn on_threads(
+    params: &Params,
+    threads: usize,
+    hash: &str,
+    run_for: Duration,
+    verify: VerifyFor,
+) -> anyhow::Result<Limit> {
     let target = parse_target(hash)?;
     let per_thread = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..threads)
-            .map(|_| scope.spawn(|| verify_for(params, &target, run_for)))
+            .map(|_| scope.spawn(|| verify(params, &target, run_for)))
             .collect();
         workers
             .into_iter()
@@ -83,6 +99,50 @@ fn verify_for(params: &Params, target: &Target, run_for: Duration) -> anyhow::Re
             .map_err(|e| anyhow!("hashing: {e}"))?;
         if out != target.expected {
             bail!("the baseline computed a different hash");
+        }
+        done += 1;
+    }
+    let done = f64::from(done.max(1));
+    Ok((
+        done / started.elapsed().as_secs_f64(),
+        (thread_cpu() - cpu_started).as_secs_f64() * 1000.0 / done,
+    ))
+}
+
+/// [`verify_for`] with `argon2` 0.5.3.
+fn verify_for_05(
+    params: &Params,
+    target: &Target,
+    run_for: Duration,
+) -> anyhow::Result<(f64, f64)> {
+    let old = argon2_05::Params::new(
+        params.m_cost(),
+        params.t_cost(),
+        params.p_cost(),
+        params.output_len(),
+    )
+    .map_err(|e| anyhow!("{e}"))?;
+    let argon2 = argon2_05::Argon2::new(
+        argon2_05::Algorithm::Argon2id,
+        argon2_05::Version::V0x13,
+        old.clone(),
+    );
+    let mut blocks = vec![argon2_05::Block::default(); old.block_count()];
+    let mut out = vec![0u8; target.expected.len()];
+    let cpu_started = thread_cpu();
+    let started = Instant::now();
+    let mut done = 0u32;
+    while started.elapsed() < run_for {
+        argon2
+            .hash_password_into_with_memory(
+                PASSWORD.as_bytes(),
+                &target.salt,
+                &mut out,
+                &mut blocks,
+            )
+            .map_err(|e| anyhow!("hashing: {e}"))?;
+        if out != target.expected {
+            bail!("argon2 0.5.3 computed a different hash");
         }
         done += 1;
     }

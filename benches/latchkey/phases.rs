@@ -5,8 +5,8 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
-use argon2::password_hash::rand_core::OsRng;
-use argon2::password_hash::{PasswordHasher as _, SaltString};
+use argon2::password_hash::PasswordHasher;
+use argon2::password_hash::phc::PasswordHash;
 use argon2::{Algorithm, Argon2, Params, Version};
 use latchkey::config::Config;
 use serde_json::json;
@@ -14,7 +14,7 @@ use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
 use crate::cpu::{CpuSnapshot, CpuUsage, loadavg, rss_mb};
-use crate::limit::{Limit, argon2_limit};
+use crate::limit::{Limit, argon2_05_limit, argon2_limit};
 use crate::load::{
     CheckCookie, Probed, Samples, SignIns, forgot_timings, hammer, hammer_checks, one_client,
     probe, sign_in_once, sign_up_timings, wait_for_mail,
@@ -109,8 +109,7 @@ async fn set_up(res: &mut Resources, report: &mut Report) -> anyhow::Result<Benc
     let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
     let hashes = (0..SIGNIN_USERS)
         .map(|_| {
-            argon2
-                .hash_password(PASSWORD.as_bytes(), &SaltString::generate(&mut OsRng))
+            PasswordHasher::<PasswordHash>::hash_password(&argon2, PASSWORD.as_bytes())
                 .map(|h| h.to_string())
                 .map_err(|e| anyhow!("hashing: {e}"))
         })
@@ -321,12 +320,39 @@ async fn sign_in_against_limit(bench: &Bench, report: &mut Report) -> anyhow::Re
     let counted = count_round_trips(bench, &signins).await?;
     let (latency, errors) = signins.finish().await?;
     report_limit(report, &slices);
+    argon2_versions(bench, report)?;
     report_sign_in(report, &slices, &latency, errors);
     report_round_trips(report, &counted);
     report_latency_under_load(report, &slices.probe);
     report.meta(
         "rss_mb_after_signin",
         round(rss_mb(bench.service_pid, "VmHWM")?),
+    );
+    Ok(())
+}
+
+/// The argon2 crate before and after the move to 0.6: 0.5.3 and 0.6 slices taking turns
+/// (0.6, 0.5.3, 0.6, 0.5.3), same parameters and hash, nothing else running.
+fn argon2_versions(bench: &Bench, report: &mut Report) -> anyhow::Result<()> {
+    eprintln!("bench: argon2 0.6 and 0.5.3 taking turns, {LIMIT_SLICE:?} each, twice");
+    let (mut new, mut old) = (Vec::new(), Vec::new());
+    for _ in 0..2 {
+        new.push(argon2_limit(&bench.params, bench.cores, &bench.hashes[0], LIMIT_SLICE)?.per_s);
+        old.push(argon2_05_limit(&bench.params, bench.cores, &bench.hashes[0], LIMIT_SLICE)?.per_s);
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let section = "1. limit";
+    let label = "  argon2 0.6 verifications/s, slices beside 0.5.3's";
+    report.add(section, label, "argon2_06_verify_per_s", mean(&new), "/s");
+    let label = "  argon2 0.5.3 (the version before) verifications/s";
+    report.add(section, label, "argon2_05_verify_per_s", mean(&old), "/s");
+    let label = "  0.6 over 0.5.3";
+    report.add(
+        section,
+        label,
+        "argon2_06_over_05",
+        mean(&new) / mean(&old),
+        "",
     );
     Ok(())
 }

@@ -5,8 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::Context;
-use argon2::password_hash::rand_core::OsRng;
-use argon2::password_hash::{Output, ParamsString, PasswordHash, SaltString};
+use argon2::password_hash::phc::{Output, ParamsString, PasswordHash, Salt};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::oneshot;
@@ -207,15 +206,11 @@ impl Engine {
         }
     }
 
-    /// A new PHC string for `password`, with our parameters and a random salt.
+    /// A new PHC string for `password`, with our parameters and a random salt (16 bytes
+    /// from the OS generator).
     fn hash(&mut self, password: &str) -> anyhow::Result<String> {
         let started = Instant::now();
-        let salt = SaltString::generate(&mut OsRng);
-        let mut salt_bytes = [0u8; 64];
-        let salt_bytes = salt
-            .as_salt()
-            .decode_b64(&mut salt_bytes)
-            .map_err(|e| anyhow::anyhow!("decoding a new salt: {e}"))?;
+        let salt = Salt::generate();
         let mut out = vec![
             0u8;
             self.params
@@ -225,7 +220,7 @@ impl Engine {
         self.argon2
             .hash_password_into_with_memory(
                 password.as_bytes(),
-                salt_bytes,
+                &salt,
                 &mut out,
                 &mut self.blocks[..],
             )
@@ -235,7 +230,7 @@ impl Engine {
             version: Some(Version::V0x13.into()),
             params: ParamsString::try_from(&self.params)
                 .map_err(|e| anyhow::anyhow!("encoding argon2 parameters: {e}"))?,
-            salt: Some(salt.as_salt()),
+            salt: Some(salt),
             hash: Some(Output::new(&out).map_err(|e| anyhow::anyhow!("hash output: {e}"))?),
         }
         .to_string();
@@ -246,11 +241,11 @@ impl Engine {
 
     /// Whether `password` matches `stored` (any argon2 variant and parameters), compared in
     /// constant time. Anything unreadable in the hash is a mismatch.
-    fn verify(&mut self, password: &[u8], stored: &PasswordHash<'_>) -> bool {
-        let (Some(salt), Some(expected)) = (stored.salt, stored.hash) else {
+    fn verify(&mut self, password: &[u8], stored: &PasswordHash) -> bool {
+        let (Some(salt), Some(expected)) = (&stored.salt, &stored.hash) else {
             return false;
         };
-        let Ok(algorithm) = Algorithm::try_from(stored.algorithm) else {
+        let Ok(algorithm) = Algorithm::try_from(stored.algorithm.as_str()) else {
             return false;
         };
         let Ok(version) = stored
@@ -262,28 +257,20 @@ impl Engine {
         let Ok(params) = Params::try_from(stored) else {
             return false;
         };
-        let mut salt_bytes = [0u8; 64];
-        let Ok(salt_bytes) = salt.decode_b64(&mut salt_bytes) else {
-            return false;
-        };
         let mut out = vec![0u8; expected.len()];
         let argon2 = Argon2::new(algorithm, version, params.clone());
         let computed = if params.block_count() <= self.blocks.len() {
-            argon2.hash_password_into_with_memory(
-                password,
-                salt_bytes,
-                &mut out,
-                &mut self.blocks[..],
-            )
+            argon2.hash_password_into_with_memory(password, salt, &mut out, &mut self.blocks[..])
         } else {
             // A hash made with more memory than ours (it gets rehashed): allocate this once.
-            argon2.hash_password_into(password, salt_bytes, &mut out)
+            argon2.hash_password_into(password, salt, &mut out)
         };
-        computed.is_ok() && Output::new(&out).is_ok_and(|out| out == expected)
+        // `Output`'s equality is constant-time.
+        computed.is_ok() && Output::new(&out).is_ok_and(|out| &out == expected)
     }
 }
 
-fn needs_rehash(stored: &PasswordHash<'_>, wanted: &Params) -> bool {
+fn needs_rehash(stored: &PasswordHash, wanted: &Params) -> bool {
     if stored.algorithm != Algorithm::Argon2id.ident() {
         return true;
     }
@@ -343,7 +330,7 @@ mod tests {
 
     #[tokio::test]
     async fn hashes_agree_with_the_argon2_crate_both_ways() {
-        use argon2::password_hash::{PasswordHasher as _, PasswordVerifier as _};
+        use argon2::password_hash::{PasswordHasher, PasswordVerifier as _};
         let hasher = Hasher::start(&config(19456)).expect("start");
         let reference = Argon2::new(
             Algorithm::Argon2id,
@@ -359,11 +346,11 @@ mod tests {
                 .is_err()
         );
 
-        let salt = SaltString::generate(&mut OsRng);
-        let theirs = reference
-            .hash_password(b"battery staple", &salt)
-            .expect("reference hash")
-            .to_string();
+        let salt = Salt::generate();
+        let theirs: PasswordHash = reference
+            .hash_password_with_salt(b"battery staple", &salt)
+            .expect("reference hash");
+        let theirs = theirs.to_string();
         assert_eq!(
             hasher
                 .verify(secret("battery staple"), Some(theirs.clone()))
@@ -379,14 +366,14 @@ mod tests {
             Some(Verified::No)
         );
         // An argon2i hash with other parameters verifies, and is upgraded.
-        let argon2i = Argon2::new(
+        let argon2i: PasswordHash = Argon2::new(
             Algorithm::Argon2i,
             Version::V0x13,
             Params::new(4096, 3, 1, Some(24)).expect("params"),
         )
-        .hash_password(b"battery staple", &salt)
-        .expect("argon2i hash")
-        .to_string();
+        .hash_password_with_salt(b"battery staple", &salt)
+        .expect("argon2i hash");
+        let argon2i = argon2i.to_string();
         assert!(matches!(
             hasher.verify(secret("battery staple"), Some(argon2i)).await,
             Ok(Verified::Yes { rehash: Some(_) })
@@ -415,6 +402,93 @@ mod tests {
                 assert!(new.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"))
             }
             other => panic!("expected a rehash, got {other:?}"),
+        }
+    }
+
+    /// PHC strings made by `argon2` 0.5.3, the version this service used before 0.6:
+    /// every one must verify unchanged (and only with its own password), and those with
+    /// other parameters than ours get a rehash.
+    const MADE_BY_0_5_3: [(&str, &str); 7] = [
+        (
+            "correct horse battery staple",
+            "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0c2FsdA$QKHrg5tayLGcN+Y0HVPNaBqykOVLUxlMkZycXE1uWRM",
+        ),
+        (
+            "pässwörd ünïcode 🔑",
+            "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0c2FsdA$SRut1Dk408H0RMC67eEXPRa0tPj5Vcng+tl4Sf7fzbw",
+        ),
+        (
+            "older parameters",
+            "$argon2id$v=19$m=4096,t=3,p=1$c2FsdHNhbHRzYWx0c2FsdA$3SVYHcqZ+q8tHxc4bAIRwkJC7Rjz6PdgTelDPxyYqzs",
+        ),
+        (
+            "two lanes",
+            "$argon2id$v=19$m=8192,t=1,p=2$c2FsdHNhbHRzYWx0c2FsdA$VPje5gLm+OJWBiDPH2oIjvYVdjh+T60WR36GDngDTvyhiZodXTx4LU7Rr0lGukVjTXUDfNyyDgifeIaQiVCu6g",
+        ),
+        (
+            "argon2i",
+            "$argon2i$v=19$m=4096,t=3,p=1$c2FsdHNhbHRzYWx0c2FsdA$OdzY8gucp+m5TRfSzZOggDdTrjQsvYRYcYp6AUeu8cI",
+        ),
+        (
+            "argon2d",
+            "$argon2d$v=19$m=4096,t=3,p=1$c2FsdHNhbHRzYWx0c2FsdA$i4UoQPhsL06sjGvUoST//zwGYh3UxH9R0RL9cmEb0to",
+        ),
+        (
+            "version 16",
+            "$argon2id$v=16$m=4096,t=2,p=1$c2FsdHNhbHRzYWx0c2FsdA$gfi0XsN4PjWprOZuE7lTdi1/+gPyYn5qbJ2HIRTgxus",
+        ),
+    ];
+
+    #[tokio::test]
+    async fn hashes_made_by_argon2_0_5_3_verify_unchanged() {
+        let hasher = Hasher::start(&config(19456)).expect("start");
+        for (password, stored) in MADE_BY_0_5_3 {
+            let verified = hasher
+                .verify(secret(password), Some(stored.to_owned()))
+                .await
+                .ok();
+            let ours = stored.starts_with("$argon2id$v=19$m=19456,t=2,p=1$");
+            match verified {
+                Some(Verified::Yes { rehash: None }) if ours => {}
+                Some(Verified::Yes { rehash: Some(_) }) if !ours => {}
+                other => panic!("{stored}: {other:?}"),
+            }
+            assert_eq!(
+                hasher
+                    .verify(secret(&format!("{password}!")), Some(stored.to_owned()))
+                    .await
+                    .ok(),
+                Some(Verified::No),
+                "{stored} took another password"
+            );
+        }
+    }
+
+    /// Live, with random salts: 0.5.3 hashes (the dev-dependency `argon2_05`) verify here,
+    /// and ours verify with 0.5.3.
+    #[tokio::test]
+    async fn hashes_cross_check_with_argon2_0_5_3_both_ways() {
+        use argon2_05::password_hash::{PasswordHasher as _, PasswordVerifier as _, SaltString};
+        let hasher = Hasher::start(&config(19456)).expect("start");
+        let old = argon2_05::Argon2::new(
+            argon2_05::Algorithm::Argon2id,
+            argon2_05::Version::V0x13,
+            argon2_05::Params::new(19456, 2, 1, None).expect("params"),
+        );
+        for password in ["correct horse", "ünïcode 🔑 passphrase"] {
+            let salt = SaltString::generate(&mut argon2_05::password_hash::rand_core::OsRng);
+            let theirs = old
+                .hash_password(password.as_bytes(), &salt)
+                .expect("0.5.3 hash")
+                .to_string();
+            assert_eq!(
+                hasher.verify(secret(password), Some(theirs)).await.ok(),
+                Some(Verified::Yes { rehash: None })
+            );
+            let ours = hasher.hash(secret(password)).await.expect("hash");
+            let parsed = argon2_05::PasswordHash::new(&ours).expect("0.5.3 reads our PHC string");
+            assert!(old.verify_password(password.as_bytes(), &parsed).is_ok());
+            assert!(old.verify_password(b"another", &parsed).is_err());
         }
     }
 }
