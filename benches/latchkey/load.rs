@@ -201,8 +201,24 @@ async fn form_page(client: &Client, url: &str) -> anyhow::Result<(String, String
 /// One complete sign-in, as a browser without cookies would do it; the session cookie
 /// (`name=value`) it got.
 pub async fn sign_in_once(client: &Client, base: &str, email: &str) -> anyhow::Result<String> {
+    Ok(sign_in_from_device(client, base, email, None).await?.0)
+}
+
+/// One complete sign-in from a browser that keeps only its device cookie (`name=value`)
+/// between sign-ins, as a returning browser does: with none, the service mails "New
+/// sign-in" and sets one. Returns the session cookie and the device cookie to send next.
+pub async fn sign_in_from_device(
+    client: &Client,
+    base: &str,
+    email: &str,
+    device: Option<&str>,
+) -> anyhow::Result<(String, Option<String>)> {
     let url = format!("{base}/sign-in");
     let (cookie, token) = form_page(client, &url).await?;
+    let cookie = match device {
+        Some(device) => format!("{cookie}; {device}"),
+        None => cookie,
+    };
     let r = client
         .post(&url)
         .header(header::COOKIE, cookie)
@@ -223,9 +239,19 @@ pub async fn sign_in_once(client: &Client, base: &str, email: &str) -> anyhow::R
         .find(|v| v.starts_with("latchkey_session="))
         .and_then(|v| v.split(';').next())
         .map(str::to_owned);
+    let new_device = r
+        .headers()
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with("latchkey_device="))
+        .and_then(|v| v.split(';').next())
+        .map(str::to_owned);
     let _ = r.bytes().await;
     match session {
-        Some(session) if status == StatusCode::SEE_OTHER && to_home => Ok(session),
+        Some(session) if status == StatusCode::SEE_OTHER && to_home => {
+            Ok((session, new_device.or_else(|| device.map(str::to_owned))))
+        }
         _ => bail!("POST /sign-in answered {status}"),
     }
 }
@@ -324,6 +350,8 @@ async fn sign_in_while_running(
 ) -> Samples {
     let mut latency = Samples::default();
     let mut wake = shared.wake.subscribe();
+    // Each client is one returning browser: its first sign-in is a new device.
+    let mut device: Option<String> = None;
     while !shared.stop.load(Ordering::SeqCst) {
         shared.in_flight.fetch_add(1, Ordering::SeqCst);
         if !shared.running.load(Ordering::SeqCst) {
@@ -334,7 +362,10 @@ async fn sign_in_while_running(
             continue;
         }
         let started = Instant::now();
-        let result = sign_in_once(client, base, email).await;
+        let result = sign_in_from_device(client, base, email, device.as_deref()).await;
+        if let Ok((_, kept)) = &result {
+            device.clone_from(kept);
+        }
         let measuring = shared.measuring.load(Ordering::SeqCst);
         match &result {
             Ok(_) => {

@@ -15,7 +15,8 @@
 //! - `relay`: the TCP relay between the service and Postgres that counts round trips;
 //! - `service`: the service process and the bench database;
 //! - `cpu`: where the CPU went (/proc), resident memory, load average;
-//! - `report`: the rows, the targets, the table and the JSON.
+//! - `report`: the rows, the targets, the table and the JSON;
+//! - `wrk`: Debian's `wrk` as a second driver of the forward-auth checks (when installed).
 //!
 //! Settings: the service and the baseline read the same configuration (built-in defaults
 //! and `LATCHKEY_*` variables, e.g. `LATCHKEY_ARGON2__THREADS=1`); `LATCHKEY_BENCH_PG`
@@ -34,6 +35,7 @@ mod phases;
 mod relay;
 mod report;
 mod service;
+mod wrk;
 
 use std::path::{Path, PathBuf};
 

@@ -234,7 +234,13 @@ pub async fn authenticate(
     if !valid_id(&credentials.client_id) {
         return Err(ClientAuthError::Invalid);
     }
-    let client = oidc_clients::find(&accounts.pool, &credentials.client_id).await?;
+    let key = throttle_key(&credentials.client_id);
+    let found =
+        oidc_clients::find_for_authentication(&accounts.pool, &credentials.client_id, &key).await?;
+    let (client, blocked) = match found {
+        Some((client, blocked)) => (Some(client), blocked),
+        None => (None, None),
+    };
     let right = match (&client, &credentials.secret) {
         (Some(client), None) => client.is_public(),
         (Some(client), Some(secret)) => client.secret_hash.as_ref().is_some_and(|hash| {
@@ -243,9 +249,8 @@ pub async fn authenticate(
         }),
         (None, _) => false,
     };
-    let key = throttle_key(&credentials.client_id);
     if right {
-        if let Some(until) = crate::store::throttle::blocked_until(&accounts.pool, &key).await? {
+        if let Some(until) = blocked {
             let secs = (until - time::OffsetDateTime::now_utc()).whole_seconds();
             return Err(ClientAuthError::Throttled {
                 retry_after: Duration::from_secs(u64::try_from(secs).unwrap_or(0).max(1)),

@@ -1,6 +1,7 @@
 //! SQL only, every statement checked at compile time against `.sqlx/`: each module owns
 //! the statements for one table, except `sign_in`, whose statements join what one step
-//! of a sign-in needs across tables.
+//! of a sign-in needs across tables (and a client's authentication, which reads its
+//! throttle row with the client).
 
 pub mod audit;
 pub mod devices;
