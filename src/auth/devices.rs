@@ -81,9 +81,10 @@ fn device_for(accounts: &Accounts, presented: Option<&str>) -> DeviceId {
 /// device cookie's value to set (the same device when the cookie was valid), or `None`
 /// when the notice is off (then nothing is stored or set).
 ///
-/// A known browser costs one statement; only a new one opens a transaction for the
-/// audit row and the mail. Should that fail, the browser is forgotten again, so the
-/// next sign-in tries anew rather than never telling.
+/// A known browser costs one statement (a password sign-in folds even that into its own,
+/// with [`for_sign_in`]); only a new one opens a transaction for the audit row and the
+/// mail. Should that fail, the browser is forgotten again, so the next sign-in tries
+/// anew rather than never telling.
 #[tracing::instrument(skip_all, fields(user_id = %user_id))]
 pub async fn note_sign_in(
     accounts: &Accounts,
@@ -96,14 +97,62 @@ pub async fn note_sign_in(
         return Ok(None);
     }
     let device = device_for(accounts, presented);
-    let digest = device.digest();
-    if devices::remember(&accounts.pool, user_id, &digest).await? {
-        if let Err(err) = tell_owner(accounts, user_id, email, origin).await {
-            devices::forget(&accounts.pool, user_id, &digest).await?;
-            return Err(err);
-        }
+    let new = devices::remember(&accounts.pool, user_id, &device.digest()).await?;
+    after_remembering(accounts, user_id, email, &device, new, origin)
+        .await
+        .map(Some)
+}
+
+/// The browser a password sign-in comes from, to be remembered in the sign-in's own
+/// statement (`store::sign_in::succeed`, with [`SignInDevice::digest`]); `None` when the
+/// notice is off.
+pub fn for_sign_in(accounts: &Accounts, presented: Option<&str>) -> Option<SignInDevice> {
+    accounts
+        .settings
+        .new_device_mail
+        .then(|| SignInDevice(device_for(accounts, presented)))
+}
+
+/// A browser a sign-in is coming from (its `Debug` prints nothing of it).
+#[derive(Debug)]
+pub struct SignInDevice(DeviceId);
+
+impl SignInDevice {
+    /// What the sign-in's statement stores.
+    pub fn digest(&self) -> [u8; 32] {
+        self.0.digest()
     }
-    Ok(Some(device.cookie_value(&accounts.keys.device)))
+
+    /// The sign-in's statement remembered the device (`new`: the account had not used
+    /// it): mails the owner for a new one, and returns the cookie's value to set.
+    pub async fn remembered(
+        &self,
+        accounts: &Accounts,
+        user_id: Uuid,
+        email: &str,
+        new: bool,
+        origin: &Origin,
+    ) -> anyhow::Result<String> {
+        after_remembering(accounts, user_id, email, &self.0, new, origin).await
+    }
+}
+
+/// After `device` was remembered for the account: a new one is told to the owner (should
+/// that fail, the device is forgotten again, so the next sign-in tries anew rather than
+/// never telling). The cookie's value to set.
+async fn after_remembering(
+    accounts: &Accounts,
+    user_id: Uuid,
+    email: &str,
+    device: &DeviceId,
+    new: bool,
+    origin: &Origin,
+) -> anyhow::Result<String> {
+    if new && let Err(err) = tell_owner(accounts, user_id, email, origin).await {
+        devices::forget(&accounts.pool, user_id, &device.digest()).await?;
+        return Err(err);
+    }
+    Ok(device.cookie_value(&accounts.keys.device))
 }
 
 /// The audit row and the queued mail of a sign-in from a new browser, one transaction.

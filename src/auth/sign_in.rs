@@ -32,8 +32,10 @@ impl From<anyhow::Error> for SignInError {
 /// A right password, and what is left to do.
 #[derive(Debug)]
 pub enum SignInOutcome {
-    /// Signed in: the failures on the address are forgotten and the sign-in recorded.
-    Complete(User),
+    /// Signed in: the failures on the address are forgotten and the sign-in recorded. With
+    /// the device cookie's value to set, when the new-device notice is on (the owner was
+    /// mailed if the browser was new to the account).
+    Complete(User, Option<String>),
     /// The account has two-factor: only the second step completes the sign-in.
     NeedsSecondFactor(User),
 }
@@ -41,13 +43,15 @@ pub enum SignInOutcome {
 /// Checks an address and password. The attempt counts against the client's IP first
 /// (`LATCHKEY_IP_RATE_LIMIT`); then every attempt reserves a failure on the address
 /// before any hashing (refused while the address waits out a delay); a right password
-/// gives it back.
+/// gives it back. `device` is the device cookie the browser presented
+/// (`auth::devices`); a completed sign-in remembers it in the same statement.
 #[tracing::instrument(skip_all, fields(user_id = tracing::field::Empty))]
 pub async fn sign_in(
     accounts: &Accounts,
     email_input: &str,
     password: &str,
     origin: &Origin,
+    device: Option<&str>,
 ) -> Result<SignInOutcome, SignInError> {
     let ip = origin.ip.as_deref().unwrap_or_default();
     // A malformed address or an absurd password cannot match any account, and saying so
@@ -109,9 +113,33 @@ pub async fn sign_in(
                 reservation.give_back(accounts).await?;
                 return Ok(SignInOutcome::NeedsSecondFactor(user));
             }
-            reservation.clear_signed_in(accounts, &user, origin).await?;
+            let device = super::devices::for_sign_in(accounts, device);
+            let digest = device.as_ref().map(|d| d.digest());
+            let new = reservation
+                .clear_signed_in(accounts, &user, origin, digest.as_ref().map(|d| &d[..]))
+                .await?;
             metrics::counter!("latchkey_sign_in_total", "outcome" => "success").increment(1);
-            Ok(SignInOutcome::Complete(user))
+            let cookie = match device {
+                Some(device) => device
+                    .remembered(
+                        accounts,
+                        user.id,
+                        user.email.as_str(),
+                        new.unwrap_or(false),
+                        origin,
+                    )
+                    .await
+                    // Never undoes the sign-in: logged, and no cookie this time.
+                    .inspect_err(|err| {
+                        tracing::error!(
+                            error = format!("{err:#}"),
+                            "noting the sign-in's device failed"
+                        );
+                    })
+                    .ok(),
+                None => None,
+            };
+            Ok(SignInOutcome::Complete(user, cookie))
         }
         (_, user) => {
             reservation

@@ -202,20 +202,23 @@ impl Reservation {
         .await
     }
 
-    /// A completed sign-in: settled as [`Reservation::clear`], with its `sign_in` event in
-    /// the same statement.
+    /// A completed sign-in: settled as [`Reservation::clear`], with its `sign_in` event and
+    /// the browser's device (`device_hash`) in the same statement. Whether the device was
+    /// new to the account.
     pub async fn clear_signed_in(
         self,
         accounts: &Accounts,
         user: &User,
         origin: &super::Origin,
-    ) -> anyhow::Result<()> {
+        device_hash: Option<&[u8]>,
+    ) -> anyhow::Result<Option<bool>> {
         sign_in::succeed(
             &accounts.pool,
             &self.email_key,
             user.id,
             user.email.as_str(),
             origin,
+            device_hash,
         )
         .await
     }

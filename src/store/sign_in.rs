@@ -132,19 +132,21 @@ pub async fn begin(
 }
 
 /// One statement for a completed sign-in: the address's failures forgotten and this
-/// attempt's reservation settled (as `throttle::clear` with `own`), and the `sign_in`
-/// event recorded.
-#[tracing::instrument(skip(pool, email, email_key))]
+/// attempt's reservation settled (as `throttle::clear` with `own`), the `sign_in` event
+/// recorded, and the browser's device (its digest, when given) remembered for the
+/// account (as `devices::remember`). Returns whether the device was new to the account.
+#[tracing::instrument(skip(pool, email, email_key, device_hash))]
 pub async fn succeed(
     pool: &PgPool,
     email_key: &str,
     user_id: Uuid,
     email: &str,
     origin: &Origin,
-) -> anyhow::Result<()> {
+    device_hash: Option<&[u8]>,
+) -> anyhow::Result<Option<bool>> {
     audit::log(EventKind::SignIn, Some(user_id), origin, None);
-    sqlx::query!(
-        "with gone as (
+    sqlx::query_scalar!(
+        r#"with gone as (
              delete from login_throttle
              where email_key = $1
                and (pending - 1 <= 0 or pending_since < now() - make_interval(secs => $2))
@@ -155,9 +157,16 @@ pub async fn succeed(
                  pending = greatest(pending - 1, 0), updated_at = now()
              where email_key = $1 and not exists (select 1 from gone)
              returning 1
+         ),
+         device as (
+             insert into known_devices (user_id, device_hash)
+             select $3, $8::bytea where $8::bytea is not null
+             on conflict (user_id, device_hash) do update set last_seen_at = now()
+             returning (xmax = 0) as inserted
          )
          insert into audit_events (user_id, kind, email, ip, user_agent)
-         values ($3, $4, $5, $6, $7)",
+         values ($3, $4, $5, $6, $7)
+         returning (select inserted from device) as "new_device?""#,
         email_key,
         PENDING_STALE_SECS,
         user_id,
@@ -165,11 +174,11 @@ pub async fn succeed(
         email,
         origin.ip.as_deref(),
         origin.user_agent.as_deref(),
+        device_hash,
     )
-    .execute(pool)
+    .fetch_one(pool)
     .await
-    .context("recording a completed sign-in")?;
-    Ok(())
+    .context("recording a completed sign-in")
 }
 
 /// One statement for a failed sign-in: the failure settled (as `throttle::settle_failure`)

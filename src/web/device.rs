@@ -42,6 +42,22 @@ impl FromRequestParts<AppState> for PresentedDevice {
     }
 }
 
+impl PresentedDevice {
+    /// The cookie's value as presented.
+    pub fn value(&self) -> Option<&str> {
+        self.0.as_deref()
+    }
+}
+
+/// `response` with the device cookie set to `value`, when there is one (a password
+/// sign-in noted its device in `auth::sign_in`).
+pub fn with_cookie(state: &AppState, response: Response, value: Option<&str>) -> Response {
+    match value {
+        Some(value) => set_cookie(state, response, value),
+        None => response,
+    }
+}
+
 fn set_cookie(state: &AppState, mut response: Response, value: &str) -> Response {
     let secure = if state.config.is_https() {
         "; Secure"

@@ -136,14 +136,23 @@ async fn submit(
         page.layout = page.layout.with_errors(errors);
         pages::render(status, &page)
     };
-    match sign_in(&state.accounts, &form.email, &form.password, &origin).await {
+    let presented = device.value();
+    match sign_in(
+        &state.accounts,
+        &form.email,
+        &form.password,
+        &origin,
+        presented,
+    )
+    .await
+    {
         Ok(SignInOutcome::NeedsSecondFactor(user)) => {
             session
                 .begin_second_step(&user, next.as_ref().map(|n| n.as_str()))
                 .await?;
             Ok(Redirect::to("/sign-in/two-factor").into_response())
         }
-        Ok(SignInOutcome::Complete(user)) => {
+        Ok(SignInOutcome::Complete(user, device_cookie)) => {
             // The value from the row whose hash was just verified, not a fresh read: a
             // reset that committed meanwhile must leave this session worthless.
             session
@@ -155,7 +164,7 @@ async fn submit(
                 )
                 .await?;
             let to = Redirect::to(next.as_ref().map_or("/", |n| n.as_str())).into_response();
-            Ok(device::signed_in(&state, device, user.id, user.email.as_str(), &origin, to).await)
+            Ok(device::with_cookie(&state, to, device_cookie.as_deref()))
         }
         Err(SignInError::AccountDisabled) => Ok(account_disabled()),
         Err(SignInError::InvalidCredentials) => Ok(form_with_errors(
