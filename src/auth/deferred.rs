@@ -128,6 +128,9 @@ const RESUME_BATCH: u64 = 1000;
 /// left them), and every few seconds (a task failed). Returns how many it did.
 pub async fn resume(accounts: &Accounts) -> anyhow::Result<u64> {
     let mut done = 0;
+    if !mail_requests::any_due(&accounts.pool).await? {
+        return Ok(done);
+    }
     for _ in 0..RESUME_BATCH {
         match process(accounts, None).await? {
             Outcome::Nothing => break,

@@ -101,6 +101,17 @@ pub async fn take(conn: &mut PgConnection, id: Option<i64>) -> anyhow::Result<Op
     }))
 }
 
+/// Whether any request is due: one cheap statement, so an instance with nothing waiting
+/// opens no transaction.
+pub async fn any_due(pool: &PgPool) -> anyhow::Result<bool> {
+    sqlx::query_scalar!(
+        r#"select exists (select 1 from mail_requests where not_before <= now()) as "due!""#
+    )
+    .fetch_one(pool)
+    .await
+    .context("looking for due mail requests")
+}
+
 /// Deletes a taken request, in the transaction that did its work.
 pub async fn delete(conn: &mut PgConnection, id: i64) -> anyhow::Result<()> {
     sqlx::query!("delete from mail_requests where id = $1", id)
