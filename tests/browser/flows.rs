@@ -452,6 +452,54 @@ async fn forward_auth_flow(stack: &Protected, page: &Page) {
         "nothing reached the application"
     );
     page.checkpoint("forward-auth-signed-out").await;
+
+    tossed_cookie_is_ignored(stack, page, &wanted).await;
+}
+
+/// Cookie tossing (docs/security.md, finding 8): a page on a sibling host sets the shared
+/// session cookie on the parent domain to the attacker's own session (the echo
+/// application's `/toss-cookie` plays that page). latchkey's own pages must not take it:
+/// this browser is signed out there, never signed in to the attacker's account.
+async fn tossed_cookie_is_ignored(stack: &Protected, page: &Page, wanted: &str) {
+    const ATTACKER: &str = "mallory@example.com";
+    stack.app.create_user(ATTACKER, PASSWORD).await;
+    let signed_in = stack.app.browser().sign_in(ATTACKER, PASSWORD).await;
+    let tossed = signed_in
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| v.strip_prefix("latchkey_session="))
+        .and_then(|v| v.split(';').next())
+        .expect("the attacker's session cookie")
+        .to_owned();
+
+    // The victim signs in again and is on the application's page.
+    page.goto("/sign-in").await;
+    page.fill("#email", EMAIL).await;
+    page.fill("#password", PASSWORD).await;
+    page.enter_and_wait().await;
+    page.goto_url(wanted).await;
+    assert_eq!(page.current_url().await, wanted);
+
+    // The sibling host's page (the application's host here) answers with the tossed
+    // cookie, through the real nginx.
+    page.goto_url(&stack.url_on(APP_HOST, &format!("/toss-cookie?value={tossed}")))
+        .await;
+
+    page.goto("/settings/security").await;
+    let path = page.path().await;
+    assert!(
+        path.starts_with("/sign-in?"),
+        "signed out on latchkey's pages, not swapped: on {path}"
+    );
+    assert!(
+        !page.text("body").await.contains(ATTACKER),
+        "the tossed cookie put the browser in the attacker's account"
+    );
+    page.goto("/").await;
+    assert_path(page, "/sign-in").await;
+    page.checkpoint("forward-auth-tossed-cookie").await;
 }
 
 /// Sign-up (open): sign-in page → Create an account → the form (a mismatch first) →

@@ -1,7 +1,9 @@
 //! The application a proxy protects in the forward-auth tests: it answers every request
 //! with JSON of what reached it (method, path, query, every header as received, in
 //! order), and keeps a log of those requests, so a test can tell what the application
-//! saw and whether a request reached it at all.
+//! saw and whether a request reached it at all. `GET /toss-cookie?value=V` also sets the
+//! shared session cookie to `V` on the parent domain, as an attacker's page on a sibling
+//! host would ("cookie tossing", docs/security.md).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -109,6 +111,22 @@ async fn echo(State(log): State<Arc<Mutex<Vec<Seen>>>>, request: Request) -> Res
     };
     if let Ok(mut log) = log.lock() {
         log.push(seen.clone());
+    }
+    if seen.path == "/toss-cookie"
+        && let Some(value) = seen.query.strip_prefix("value=")
+    {
+        let cookie = format!(
+            "latchkey_session={value}; Domain={}; Path=/; HttpOnly; SameSite=Lax",
+            crate::proxies::COOKIE_DOMAIN
+        );
+        return (
+            [
+                (axum::http::header::CACHE_CONTROL, "no-store".to_owned()),
+                (axum::http::header::SET_COOKIE, cookie),
+            ],
+            axum::Json(seen),
+        )
+            .into_response();
     }
     (
         [(axum::http::header::CACHE_CONTROL, "no-store")],
