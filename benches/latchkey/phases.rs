@@ -582,6 +582,10 @@ fn report_round_trips(report: &mut Report, counted: &Counted) {
         json!(counted.idle_round_trips),
     );
     report.meta(
+        "round_trip_window_secs",
+        json!(ROUND_TRIPS_FOR.as_secs_f64()),
+    );
+    report.meta(
         "signin_rows_written_by_table",
         json!(counted.written.by_table),
     );
