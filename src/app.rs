@@ -425,18 +425,17 @@ fn is_connection_error(err: &std::io::Error) -> bool {
 /// finished (`auth::deferred`).
 const RESUME_MAIL_REQUESTS_EVERY: Duration = Duration::from_secs(5);
 
-/// Does the mail requests a crash or a failed task left, at start-up and then every
-/// [`RESUME_MAIL_REQUESTS_EVERY`], until shutdown.
-async fn resume_mail_requests(accounts: Accounts, mut stopping: watch::Receiver<bool>) {
-    let mut every = tokio::time::interval(RESUME_MAIL_REQUESTS_EVERY);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+/// Runs `job` at start-up and then every `period`, until shutdown.
+async fn every<F, Fut>(period: Duration, mut stopping: watch::Receiver<bool>, mut job: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut ticks = tokio::time::interval(period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = every.tick() => match crate::auth::deferred::resume(&accounts).await {
-                Ok(0) => {}
-                Ok(done) => tracing::info!(done, "resumed mail requests"),
-                Err(err) => tracing::warn!(error = format!("{err:#}"), "resuming mail requests failed"),
-            },
+            _ = ticks.tick() => job().await,
             changed = stopping.changed() => {
                 if changed.is_err() || *stopping.borrow() {
                     return;
@@ -446,23 +445,30 @@ async fn resume_mail_requests(accounts: Accounts, mut stopping: watch::Receiver<
     }
 }
 
-/// Sweeps at start-up and then every `period`, until shutdown.
-async fn housekeeping(pool: PgPool, period: Duration, mut stopping: watch::Receiver<bool>) {
-    let mut every = tokio::time::interval(period);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = every.tick() => match store::housekeeping::sweep(&pool).await {
-                Ok(swept) => tracing::debug!(?swept, "housekeeping"),
-                Err(err) => tracing::warn!(error = format!("{err:#}"), "housekeeping failed"),
-            },
-            changed = stopping.changed() => {
-                if changed.is_err() || *stopping.borrow() {
-                    return;
-                }
+/// Does the mail requests a crash or a failed task left, at start-up and then every
+/// [`RESUME_MAIL_REQUESTS_EVERY`], until shutdown.
+async fn resume_mail_requests(accounts: Accounts, stopping: watch::Receiver<bool>) {
+    every(RESUME_MAIL_REQUESTS_EVERY, stopping, || async {
+        match crate::auth::deferred::resume(&accounts).await {
+            Ok(0) => {}
+            Ok(done) => tracing::info!(done, "resumed mail requests"),
+            Err(err) => {
+                tracing::warn!(error = format!("{err:#}"), "resuming mail requests failed")
             }
         }
-    }
+    })
+    .await
+}
+
+/// Sweeps at start-up and then every `period`, until shutdown.
+async fn housekeeping(pool: PgPool, period: Duration, stopping: watch::Receiver<bool>) {
+    every(period, stopping, || async {
+        match store::housekeeping::sweep(&pool).await {
+            Ok(swept) => tracing::debug!(?swept, "housekeeping"),
+            Err(err) => tracing::warn!(error = format!("{err:#}"), "housekeeping failed"),
+        }
+    })
+    .await
 }
 
 async fn shutdown_signal() {

@@ -84,19 +84,26 @@ fn on_threads(
 fn verify_for(params: &Params, target: &Target, run_for: Duration) -> anyhow::Result<(f64, f64)> {
     let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
     let mut blocks = vec![Block::default(); params.block_count()];
+    time_verifications(target, run_for, |out| {
+        argon2
+            .hash_password_into_with_memory(PASSWORD.as_bytes(), &target.salt, out, &mut blocks)
+            .map_err(|e| anyhow!("hashing: {e}"))
+    })
+}
+
+/// Runs `verify` (one argon2 computation into the output buffer) back to back for
+/// `run_for`, each result checked against the target: (verifications/s, CPU ms each).
+fn time_verifications(
+    target: &Target,
+    run_for: Duration,
+    mut verify: impl FnMut(&mut [u8]) -> anyhow::Result<()>,
+) -> anyhow::Result<(f64, f64)> {
     let mut out = vec![0u8; target.expected.len()];
     let cpu_started = thread_cpu();
     let started = Instant::now();
     let mut done = 0u32;
     while started.elapsed() < run_for {
-        argon2
-            .hash_password_into_with_memory(
-                PASSWORD.as_bytes(),
-                &target.salt,
-                &mut out,
-                &mut blocks,
-            )
-            .map_err(|e| anyhow!("hashing: {e}"))?;
+        verify(&mut out)?;
         if out != target.expected {
             bail!("the baseline computed a different hash");
         }
@@ -128,27 +135,9 @@ fn verify_for_05(
         old.clone(),
     );
     let mut blocks = vec![argon2_05::Block::default(); old.block_count()];
-    let mut out = vec![0u8; target.expected.len()];
-    let cpu_started = thread_cpu();
-    let started = Instant::now();
-    let mut done = 0u32;
-    while started.elapsed() < run_for {
+    time_verifications(target, run_for, |out| {
         argon2
-            .hash_password_into_with_memory(
-                PASSWORD.as_bytes(),
-                &target.salt,
-                &mut out,
-                &mut blocks,
-            )
-            .map_err(|e| anyhow!("hashing: {e}"))?;
-        if out != target.expected {
-            bail!("argon2 0.5.3 computed a different hash");
-        }
-        done += 1;
-    }
-    let done = f64::from(done.max(1));
-    Ok((
-        done / started.elapsed().as_secs_f64(),
-        (thread_cpu() - cpu_started).as_secs_f64() * 1000.0 / done,
-    ))
+            .hash_password_into_with_memory(PASSWORD.as_bytes(), &target.salt, out, &mut blocks)
+            .map_err(|e| anyhow!("hashing with 0.5.3: {e}"))
+    })
 }
