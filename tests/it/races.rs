@@ -409,6 +409,67 @@ async fn twenty_reset_requests_at_once_send_at_most_three_mails_and_leave_one_li
     }
 }
 
+/// "Check your email" promises one mail per answered request: each request's row is taken
+/// by exactly one worker (the answering instance's task, or either instance's resume
+/// loop), and turned into one mail. 20 addresses with accounts, one request each, all at
+/// once on two instances: exactly one mail each, and no request left waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_reset_requests_for_twenty_accounts_at_once_send_exactly_one_mail_each() {
+    let app = TestApp::spawn().await;
+    let other = app.spawn_sibling().await;
+    for round in 0..ROUNDS {
+        let emails: Vec<String> = (0..20)
+            .map(|i| format!("r{round}-{i}@example.com"))
+            .collect();
+        for email in &emails {
+            app.create_user(email, PASSWORD).await;
+        }
+        let browser = app.browser();
+        let csrf = browser.csrf_token("/forgot-password").await;
+        let cookie = burst::cookie_header(&browser, &app.base);
+        let requests = spread([&app.base, &other.base], 20, |i, base| {
+            let fields = [("email", emails[i].as_str()), ("csrf_token", csrf.as_str())];
+            burst::form_post(base, "/forgot-password", &cookie, &fields)
+        });
+        let answers = burst::burst(requests).await;
+        assert_eq!(
+            with_status(&answers, 200),
+            20,
+            "{:?}",
+            burst::tally(&answers)
+        );
+        // Settled: every request taken, every mail sent, then 2 s more for any second one.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let waiting = app
+                .count(
+                    "select (select count(*) from mail_requests)
+                          + (select count(*) from outbox where status = 'pending')",
+                )
+                .await;
+            let sent: usize = emails.iter().map(|e| app.smtp.count_to(e)).sum();
+            if waiting == 0 && sent >= emails.len() {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "round {round}: {waiting} waiting, {sent} mails"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        for email in &emails {
+            let got = app.smtp.count_to(email);
+            assert_eq!(got, 1, "round {round}: {email} got {got} mails");
+        }
+        assert_eq!(
+            app.count("select count(*) from mail_requests").await,
+            0,
+            "round {round}: requests left waiting"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_completed_reset_lets_the_owner_in_at_once_after_someone_else_locked_the_account() {
     let app = TestApp::spawn().await;
