@@ -1,10 +1,12 @@
 //! The latchkey benchmark's entry point: runs the phases, cleans up, writes the report.
 //!
 //! `cargo bench --bench latchkey` (about 90 s). It creates a fresh database
-//! `latchkey_bench_<uuid>`, seeds accounts with real argon2id hashes, starts the release
-//! service binary as its own process on a free loopback port (`LATCHKEY_IP_RATE_LIMIT=0`,
-//! mail as `.eml` files in a temporary directory, Postgres reached through a counting
-//! relay), measures, stops the service and drops the database. Figures go to the terminal
+//! `latchkey_bench_<uuid>`, seeds accounts with real argon2id hashes, starts two instances
+//! of the release service binary, each its own process on a free loopback port
+//! (`LATCHKEY_IP_RATE_LIMIT=0`, mail as `.eml` files in a temporary directory): one reaches
+//! Postgres through a counting relay (every phase but the interleaved sign-in slices), the
+//! other directly (those slices, so the relay is not in the path measured against the
+//! argon2 limit). It measures, stops both and drops the database. Figures go to the terminal
 //! as a table and to `target/bench/latest.json` as one JSON object.
 //!
 //! Where things live:
@@ -13,7 +15,7 @@
 //! - `load`: the HTTP load: hammering a page, the latency probe, sign-ins that pause;
 //! - `oidc`: the OpenID provider: code exchanges, refreshes and userinfo calls;
 //! - `relay`: the TCP relay between the service and Postgres that counts round trips;
-//! - `service`: the service process and the bench database;
+//! - `service`: the service processes and the bench database;
 //! - `cpu`: where the CPU went (/proc), resident memory, load average;
 //! - `report`: the rows, the targets, the table and the JSON;
 //! - `wrk`: Debian's `wrk` as a second driver of the forward-auth checks (when installed).
@@ -24,8 +26,8 @@
 //! clients, default 3 per hashing thread), `LATCHKEY_BENCH_SIGNIN_SECS` (sign-in time over
 //! all slices, default 20), `LATCHKEY_BENCH_PAIRS` (limit/sign-in slice pairs, default 5),
 //! `LATCHKEY_BENCH_OIDC_SECS` (each OpenID run, default 5) and `LATCHKEY_BENCH_OIDC_CODES`
-//! (codes minted per client, default 4000). `LATCHKEY_BENCH_ONLY=forward-auth` or `=oidc`
-//! runs the set-up and that phase alone.
+//! (codes minted per client, default 4000). `LATCHKEY_BENCH_ONLY=forward-auth`, `=sign-in` or
+//! `=oidc` runs the set-up and that phase alone.
 
 mod cpu;
 mod limit;

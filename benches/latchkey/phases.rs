@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, anyhow};
+use anyhow::{Context, anyhow, bail};
 use argon2::password_hash::PasswordHasher;
 use argon2::password_hash::phc::PasswordHash;
 use argon2::{Algorithm, Argon2, Params, Version};
@@ -19,7 +19,7 @@ use crate::load::{
     CheckCookie, Probed, Samples, SignIns, forgot_timings, hammer, hammer_checks, one_client,
     probe, sign_in_once, sign_up_timings, wait_for_mail,
 };
-use crate::relay::{Relay, base_via_relay, upstream_of};
+use crate::relay::{Relay, base_via_relay, direct_base, upstream_of};
 use crate::report::{Report, round};
 use crate::service::{self, Resources};
 use crate::{PASSWORD, env_number};
@@ -49,9 +49,17 @@ struct Bench {
     hashes: Vec<String>,
     pool: PgPool,
     relay: Relay,
+    /// The instance whose Postgres connections go through the relay: every phase that
+    /// counts round trips, and all but the interleaved sign-in slices.
     base: String,
     service_pid: u32,
+    /// The instance connected to Postgres directly: the interleaved sign-in slices.
+    direct: String,
+    direct_pid: u32,
     pg_pids: Vec<u32>,
+    db_name: String,
+    /// Where both instances write their mail.
+    mail_dir: std::path::PathBuf,
     tables: Vec<String>,
     signin_users: Vec<String>,
     known: Vec<String>,
@@ -71,6 +79,11 @@ pub async fn measure(res: &mut Resources) -> anyhow::Result<Report> {
         openid(&bench, res, &mut report).await?;
         return Ok(report);
     }
+    // LATCHKEY_BENCH_ONLY=sign-in: set-up and the interleaved limit and sign-in slices alone.
+    if std::env::var("LATCHKEY_BENCH_ONLY").is_ok_and(|v| v == "sign-in") {
+        sign_in_against_limit(&bench, &mut report).await?;
+        return Ok(report);
+    }
     idle_latency(&bench, &mut report).await?;
     cheap_pages(&bench, &mut report).await?;
     sign_in_against_limit(&bench, &mut report).await?;
@@ -80,9 +93,9 @@ pub async fn measure(res: &mut Resources) -> anyhow::Result<Report> {
     sign_up(&bench, res, &mut report).await?;
     report.add(
         "5. memory",
-        "service peak RSS (VmHWM) over the run",
+        "service peak RSS (VmHWM) over the run, the larger instance's",
         "peak_rss_mb",
-        rss_mb(bench.service_pid, "VmHWM")?,
+        rss_mb(bench.service_pid, "VmHWM")?.max(rss_mb(bench.direct_pid, "VmHWM")?),
         "MB",
     );
     report.meta("loadavg_at_end", json!(loadavg()));
@@ -119,10 +132,20 @@ async fn set_up(res: &mut Resources, report: &mut Report) -> anyhow::Result<Benc
     let service_db_url = service::pg_url(&base_via_relay(&res.pg_base, relay.port), &res.db_name);
     let port = service::free_port()?;
     let base = format!("http://127.0.0.1:{port}");
-    let service = service::start_service(&res.tmp, &service_db_url, port)?;
+    let service = service::start_service(&res.tmp, "service", &service_db_url, port)?;
     let service_pid = service.id();
-    res.service = Some(service);
-    service::wait_ready(&base, res).await?;
+    res.services.push(service);
+    service::wait_ready(&base, "service", res).await?;
+    // A second instance on the same database, connected to Postgres without the relay
+    // (same connection options, TLS off): the sign-in slices measured against the limit
+    // run against it, so the relay's copying threads are not in their path.
+    let direct_db_url = service::pg_url(&direct_base(&res.pg_base), &res.db_name);
+    let direct_port = service::free_port()?;
+    let direct = format!("http://127.0.0.1:{direct_port}");
+    let direct_service = service::start_service(&res.tmp, "direct", &direct_db_url, direct_port)?;
+    let direct_pid = direct_service.id();
+    res.services.push(direct_service);
+    service::wait_ready(&direct, "direct", res).await?;
     report.add(
         "5. memory",
         "service RSS when ready",
@@ -143,7 +166,11 @@ async fn set_up(res: &mut Resources, report: &mut Report) -> anyhow::Result<Benc
         relay,
         base,
         service_pid,
+        direct,
+        direct_pid,
         pg_pids,
+        db_name: res.db_name.clone(),
+        mail_dir: res.tmp.join("mail"),
         tables,
         signin_users,
         known,
@@ -310,15 +337,35 @@ async fn sign_in_against_limit(bench: &Bench, report: &mut Report) -> anyhow::Re
          sign-ins from {} clients (after {SIGNIN_WARMUP:?} warm-up), (3) probe meanwhile",
         bench.pairs, bench.signin_slice, bench.clients
     );
-    let signins = SignIns::start(&bench.base, &bench.signin_users, bench.clients)?;
+    let signins = SignIns::start(&bench.direct, &bench.signin_users, bench.clients)?;
     signins.resume();
     tokio::time::sleep(SIGNIN_WARMUP).await;
     signins.pause().await?;
     signins.measure_from_now();
-    let slices = interleave(bench, &signins).await?;
-    eprintln!("bench: Postgres round trips and rows of {ROUND_TRIPS_FOR:?} of sign-ins alone");
-    let counted = count_round_trips(bench, &signins).await?;
+    // The backends as they are after the warm-up: the pool opens more under load.
+    let pg_pids = service::postgres_pids(&bench.pool, &bench.db_name).await?;
+    let slices = interleave(bench, &signins, &pg_pids).await?;
     let (latency, errors) = signins.finish().await?;
+    eprintln!(
+        "bench: Postgres round trips and rows of {ROUND_TRIPS_FOR:?} of sign-ins alone, \
+         through the relay"
+    );
+    // The same clients' returning browsers, against the instance behind the relay; the
+    // warm-up gives each its device cookie there, as the measured clients had theirs.
+    // Each client's first sign-in there is a new device: wait for those mails to go out,
+    // so the outbox's round trips for them fall outside the count.
+    let mails = wait_for_mail(&bench.mail_dir, 0).await;
+    let counting = SignIns::start(&bench.base, &bench.signin_users, bench.clients)?;
+    counting.resume();
+    tokio::time::sleep(SIGNIN_WARMUP).await;
+    counting.pause().await?;
+    wait_for_mail(&bench.mail_dir, mails + bench.clients).await;
+    counting.measure_from_now();
+    let counted = count_round_trips(bench, &counting).await?;
+    let (_, counting_errors) = counting.finish().await?;
+    if counting_errors > 0 {
+        bail!("{counting_errors} sign-ins failed while round trips were counted");
+    }
     report_limit(report, &slices);
     argon2_versions(bench, report)?;
     report_sign_in(report, &slices, &latency, errors);
@@ -326,7 +373,7 @@ async fn sign_in_against_limit(bench: &Bench, report: &mut Report) -> anyhow::Re
     report_latency_under_load(report, &slices.probe);
     report.meta(
         "rss_mb_after_signin",
-        round(rss_mb(bench.service_pid, "VmHWM")?),
+        round(rss_mb(bench.direct_pid, "VmHWM")?),
     );
     Ok(())
 }
@@ -359,15 +406,15 @@ fn argon2_versions(bench: &Bench, report: &mut Report) -> anyhow::Result<()> {
 
 /// Limit and sign-in slices taking turns, the first of each pair alternating (limit first,
 /// then sign-ins first, ...), so that a machine slowing down moves both sides of a pair.
-async fn interleave(bench: &Bench, signins: &SignIns) -> anyhow::Result<Slices> {
+async fn interleave(bench: &Bench, signins: &SignIns, pg_pids: &[u32]) -> anyhow::Result<Slices> {
     let mut slices = Slices::default();
     for pair in 0..bench.pairs {
         if pair % 2 == 0 {
-            limit_slice(bench, &mut slices)?;
-            sign_in_slice(bench, signins, &mut slices).await?;
+            limit_slice(bench, pg_pids, &mut slices)?;
+            sign_in_slice(bench, signins, pg_pids, &mut slices).await?;
         } else {
-            sign_in_slice(bench, signins, &mut slices).await?;
-            limit_slice(bench, &mut slices)?;
+            sign_in_slice(bench, signins, pg_pids, &mut slices).await?;
+            limit_slice(bench, pg_pids, &mut slices)?;
         }
         eprintln!(
             "bench:   pair {}: limit {:.1}/s, sign-ins {:.1}/s",
@@ -380,10 +427,10 @@ async fn interleave(bench: &Bench, signins: &SignIns) -> anyhow::Result<Slices> 
 }
 
 /// argon2id on every core in this process while the sign-in clients are paused.
-fn limit_slice(bench: &Bench, slices: &mut Slices) -> anyhow::Result<()> {
-    let cpu0 = CpuSnapshot::take(bench.service_pid, &bench.pg_pids)?;
+fn limit_slice(bench: &Bench, pg_pids: &[u32], slices: &mut Slices) -> anyhow::Result<()> {
+    let cpu0 = CpuSnapshot::take(bench.direct_pid, pg_pids)?;
     let limit = argon2_limit(&bench.params, bench.cores, &bench.hashes[0], LIMIT_SLICE)?;
-    let cpu1 = CpuSnapshot::take(bench.service_pid, &bench.pg_pids)?;
+    let cpu1 = CpuSnapshot::take(bench.direct_pid, pg_pids)?;
     slices.limit_cpu.add(&cpu1.since(&cpu0));
     slices.limits.push(limit);
     Ok(())
@@ -394,16 +441,17 @@ fn limit_slice(bench: &Bench, slices: &mut Slices) -> anyhow::Result<()> {
 async fn sign_in_slice(
     bench: &Bench,
     signins: &SignIns,
+    pg_pids: &[u32],
     slices: &mut Slices,
 ) -> anyhow::Result<()> {
-    let cpu0 = CpuSnapshot::take(bench.service_pid, &bench.pg_pids)?;
+    let cpu0 = CpuSnapshot::take(bench.direct_pid, pg_pids)?;
     let done0 = signins.completed();
     let started = Instant::now();
     signins.resume();
-    let probed = probe(&bench.base, bench.signin_slice).await?;
+    let probed = probe(&bench.direct, bench.signin_slice).await?;
     let done = signins.completed().saturating_sub(done0);
     let secs = started.elapsed().as_secs_f64();
-    let cpu1 = CpuSnapshot::take(bench.service_pid, &bench.pg_pids)?;
+    let cpu1 = CpuSnapshot::take(bench.direct_pid, pg_pids)?;
     signins.pause().await?;
     slices.signin_cpu.add(&cpu1.since(&cpu0));
     slices.signin_per_s.push(done as f64 / secs);

@@ -8,11 +8,12 @@ cd "$(dirname "$0")/../.."
 out=target/bench
 mkdir -p "$out"
 log="$out/profile-bench.log"
-LATCHKEY_BENCH_PAIRS=3 cargo bench --locked --bench latchkey >"$log" 2>&1 &
+LATCHKEY_BENCH_ONLY=sign-in LATCHKEY_BENCH_PAIRS=3 cargo bench --locked --bench latchkey >"$log" 2>&1 &
 bench=$!
 for _ in $(seq 1 600); do grep -q "(1)+(2)" "$log" 2>/dev/null && break; sleep 1; done
 sleep 4 # past the warm-up, into the slices
-pid=$(pgrep -f "release/latchkey serve" | head -n 1)
+# The newest instance is the one the sign-in slices go to (connected to Postgres directly).
+pid=$(pgrep -n -f "release/latchkey serve")
 perf record -e cpu-clock -F 499 --call-graph dwarf,16384 -p "$pid" -o "$out/perf.data" -- sleep 10
 wait "$bench"
 perf script -i "$out/perf.data" 2>/dev/null | inferno-collapse-perf >"$out/sign-in.folded"

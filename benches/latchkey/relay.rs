@@ -78,6 +78,14 @@ pub fn upstream_of(pg_base: &str) -> anyhow::Result<String> {
     })
 }
 
+/// The base URL's own server with the options the relay's URL has (TLS off), for an
+/// instance that bypasses the relay.
+pub fn direct_base(pg_base: &str) -> String {
+    let (scheme, rest) = pg_base.split_once("://").unwrap_or(("postgres", pg_base));
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    format!("{scheme}://{authority}?sslmode=disable")
+}
+
 /// The base URL with the relay as the server and TLS off (the relay reads the protocol).
 pub fn base_via_relay(pg_base: &str, port: u16) -> String {
     let (scheme, rest) = pg_base.split_once("://").unwrap_or(("postgres", pg_base));

@@ -21,7 +21,8 @@ pub struct Resources {
     pub db_name: String,
     pub db_created: bool,
     pub pool: Option<PgPool>,
-    pub service: Option<Child>,
+    /// Every service process started, stopped at the end.
+    pub services: Vec<Child>,
 }
 
 impl Resources {
@@ -39,12 +40,12 @@ impl Resources {
             db_name: format!("latchkey_bench_{id}"),
             db_created: false,
             pool: None,
-            service: None,
+            services: Vec::new(),
         })
     }
 
     pub async fn cleanup(&mut self) {
-        if let Some(child) = self.service.take() {
+        for child in self.services.drain(..) {
             stop_service(child).await;
         }
         if let Some(pool) = self.pool.take() {
@@ -201,12 +202,20 @@ pub fn free_port() -> anyhow::Result<u16> {
 /// operator commands the bench runs beside it (`latchkey oidc client add`).
 pub const SECRET_KEY_FILE: &str = "bench_secret_key";
 
-pub fn start_service(tmp: &Path, db_url: &str, port: u16) -> anyhow::Result<Child> {
-    let log = std::fs::File::create(tmp.join("service.log")).context("creating the service log")?;
-    let mut key = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut key);
-    let key = base64::engine::general_purpose::STANDARD.encode(key);
-    std::fs::write(tmp.join(SECRET_KEY_FILE), &key).context("writing the secret key")?;
+pub fn start_service(tmp: &Path, name: &str, db_url: &str, port: u16) -> anyhow::Result<Child> {
+    let log = std::fs::File::create(tmp.join(format!("{name}.log")))
+        .context("creating the service log")?;
+    // Every instance of one run shares the key made for the first.
+    let key = match std::fs::read_to_string(tmp.join(SECRET_KEY_FILE)) {
+        Ok(key) => key,
+        Err(_) => {
+            let mut key = [0u8; 32];
+            rand::rngs::OsRng.fill_bytes(&mut key);
+            let key = base64::engine::general_purpose::STANDARD.encode(key);
+            std::fs::write(tmp.join(SECRET_KEY_FILE), &key).context("writing the secret key")?;
+            key
+        }
+    };
     Command::new(env!("CARGO_BIN_EXE_latchkey"))
         .arg("serve")
         .current_dir(tmp)
@@ -225,13 +234,15 @@ pub fn start_service(tmp: &Path, db_url: &str, port: u16) -> anyhow::Result<Chil
         .context("starting the service")
 }
 
-pub async fn wait_ready(base: &str, res: &mut Resources) -> anyhow::Result<()> {
+/// Waits for `/readyz` of the service started last (its log is `{name}.log`).
+pub async fn wait_ready(base: &str, name: &str, res: &mut Resources) -> anyhow::Result<()> {
     let client = Client::builder().timeout(Duration::from_secs(2)).build()?;
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
-        if let Some(child) = res.service.as_mut() {
+        if let Some(child) = res.services.last_mut() {
             if let Some(status) = child.try_wait()? {
-                let log = std::fs::read_to_string(res.tmp.join("service.log")).unwrap_or_default();
+                let log = std::fs::read_to_string(res.tmp.join(format!("{name}.log")))
+                    .unwrap_or_default();
                 bail!("the service exited ({status}) before it was ready:\n{log}");
             }
         }
