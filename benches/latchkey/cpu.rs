@@ -116,6 +116,13 @@ impl CpuUsage {
         self.bench += other.bench;
     }
 
+    /// CPU seconds of the service's hashing threads over the span(s).
+    pub fn argon2_secs(&self) -> f64 {
+        // SAFETY: sysconf only reads its argument.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        self.argon2 as f64 / hz
+    }
+
     /// Cores in use by each party over the span(s).
     pub fn split(&self) -> [(&'static str, f64); 6] {
         // SAFETY: sysconf only reads its argument.
