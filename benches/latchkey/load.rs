@@ -172,21 +172,28 @@ async fn probe_on_schedule(base: &str, run_for: Duration) -> anyhow::Result<Prob
 // ---------------------------------------------------------------------------------------
 // Sign-ins
 
+/// The cookie `name` a response sets, as `name=value`.
+fn set_cookie(response: &reqwest::Response, name: &str) -> Option<String> {
+    response
+        .headers()
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| {
+            v.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('='))
+        })
+        .and_then(|v| v.split(';').next())
+        .map(str::to_owned)
+}
+
 /// The CSRF cookie (`name=value`) and the form's token from a GET of a form page.
 async fn form_page(client: &Client, url: &str) -> anyhow::Result<(String, String)> {
     let r = client.get(url).send().await?;
     if r.status() != StatusCode::OK {
         bail!("GET {url}: {}", r.status());
     }
-    let cookie = r
-        .headers()
-        .get_all(header::SET_COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find(|v| v.starts_with("latchkey_csrf="))
-        .and_then(|v| v.split(';').next())
-        .map(str::to_owned)
-        .context("no CSRF cookie")?;
+    let cookie = set_cookie(&r, "latchkey_csrf").context("no CSRF cookie")?;
     let body = r.text().await?;
     let marker = "name=\"csrf_token\" value=\"";
     let token = body
@@ -231,22 +238,8 @@ pub async fn sign_in_from_device(
         .await?;
     let status = r.status();
     let to_home = r.headers().get(header::LOCATION).is_some_and(|l| l == "/");
-    let session = r
-        .headers()
-        .get_all(header::SET_COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find(|v| v.starts_with("latchkey_session="))
-        .and_then(|v| v.split(';').next())
-        .map(str::to_owned);
-    let new_device = r
-        .headers()
-        .get_all(header::SET_COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find(|v| v.starts_with("latchkey_device="))
-        .and_then(|v| v.split(';').next())
-        .map(str::to_owned);
+    let session = set_cookie(&r, "latchkey_session");
+    let new_device = set_cookie(&r, "latchkey_device");
     let _ = r.bytes().await;
     match session {
         Some(session) if status == StatusCode::SEE_OTHER && to_home => {

@@ -130,22 +130,12 @@ async fn set_up(res: &mut Resources, report: &mut Report) -> anyhow::Result<Benc
     let (pool, signin_users, known, unknown) = seed_database(res, &hashes).await?;
     let relay = Relay::start(upstream_of(&res.pg_base)?)?;
     let service_db_url = service::pg_url(&base_via_relay(&res.pg_base, relay.port), &res.db_name);
-    let port = service::free_port()?;
-    let base = format!("http://127.0.0.1:{port}");
-    let service = service::start_service(&res.tmp, "service", &service_db_url, port)?;
-    let service_pid = service.id();
-    res.services.push(service);
-    service::wait_ready(&base, "service", res).await?;
+    let (base, service_pid) = service::start_ready(res, "service", &service_db_url).await?;
     // A second instance on the same database, connected to Postgres without the relay
     // (same connection options, TLS off): the sign-in slices measured against the limit
     // run against it, so the relay's copying threads are not in their path.
     let direct_db_url = service::pg_url(&direct_base(&res.pg_base), &res.db_name);
-    let direct_port = service::free_port()?;
-    let direct = format!("http://127.0.0.1:{direct_port}");
-    let direct_service = service::start_service(&res.tmp, "direct", &direct_db_url, direct_port)?;
-    let direct_pid = direct_service.id();
-    res.services.push(direct_service);
-    service::wait_ready(&direct, "direct", res).await?;
+    let (direct, direct_pid) = service::start_ready(res, "direct", &direct_db_url).await?;
     report.add(
         "5. memory",
         "service RSS when ready",

@@ -78,18 +78,22 @@ pub fn upstream_of(pg_base: &str) -> anyhow::Result<String> {
     })
 }
 
+/// A `postgres://user@host:port/...` base URL's scheme and authority (`user@host:port`).
+fn scheme_and_authority(pg_base: &str) -> (&str, &str) {
+    let (scheme, rest) = pg_base.split_once("://").unwrap_or(("postgres", pg_base));
+    (scheme, rest.split(['/', '?']).next().unwrap_or_default())
+}
+
 /// The base URL's own server with the options the relay's URL has (TLS off), for an
 /// instance that bypasses the relay.
 pub fn direct_base(pg_base: &str) -> String {
-    let (scheme, rest) = pg_base.split_once("://").unwrap_or(("postgres", pg_base));
-    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    let (scheme, authority) = scheme_and_authority(pg_base);
     format!("{scheme}://{authority}?sslmode=disable")
 }
 
 /// The base URL with the relay as the server and TLS off (the relay reads the protocol).
 pub fn base_via_relay(pg_base: &str, port: u16) -> String {
-    let (scheme, rest) = pg_base.split_once("://").unwrap_or(("postgres", pg_base));
-    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    let (scheme, authority) = scheme_and_authority(pg_base);
     let user = authority
         .rsplit_once('@')
         .map_or(String::new(), |(u, _)| format!("{u}@"));

@@ -202,7 +202,7 @@ pub fn free_port() -> anyhow::Result<u16> {
 /// operator commands the bench runs beside it (`latchkey oidc client add`).
 pub const SECRET_KEY_FILE: &str = "bench_secret_key";
 
-pub fn start_service(tmp: &Path, name: &str, db_url: &str, port: u16) -> anyhow::Result<Child> {
+fn start_service(tmp: &Path, name: &str, db_url: &str, port: u16) -> anyhow::Result<Child> {
     let log = std::fs::File::create(tmp.join(format!("{name}.log")))
         .context("creating the service log")?;
     // Every instance of one run shares the key made for the first.
@@ -234,8 +234,24 @@ pub fn start_service(tmp: &Path, name: &str, db_url: &str, port: u16) -> anyhow:
         .context("starting the service")
 }
 
+/// Starts an instance `name` on a free loopback port, kept in `res` to be stopped, and
+/// waits until it is ready: its base URL and process id.
+pub async fn start_ready(
+    res: &mut Resources,
+    name: &str,
+    db_url: &str,
+) -> anyhow::Result<(String, u32)> {
+    let port = free_port()?;
+    let base = format!("http://127.0.0.1:{port}");
+    let child = start_service(&res.tmp, name, db_url, port)?;
+    let pid = child.id();
+    res.services.push(child);
+    wait_ready(&base, name, res).await?;
+    Ok((base, pid))
+}
+
 /// Waits for `/readyz` of the service started last (its log is `{name}.log`).
-pub async fn wait_ready(base: &str, name: &str, res: &mut Resources) -> anyhow::Result<()> {
+async fn wait_ready(base: &str, name: &str, res: &mut Resources) -> anyhow::Result<()> {
     let client = Client::builder().timeout(Duration::from_secs(2)).build()?;
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {

@@ -94,8 +94,7 @@ pub async fn signed_in(
     )
     .await
     {
-        Ok(Some(value)) => set_cookie(state, response, &value),
-        Ok(None) => response,
+        Ok(value) => with_cookie(state, response, value.as_deref()),
         Err(err) => {
             tracing::error!(
                 error = format!("{err:#}"),
@@ -115,8 +114,7 @@ pub async fn proved_mailbox(
     response: Response,
 ) -> Response {
     match devices::remember(&state.accounts, user_id, presented.0.as_deref()).await {
-        Ok(Some(value)) => set_cookie(state, response, &value),
-        Ok(None) => response,
+        Ok(value) => with_cookie(state, response, value.as_deref()),
         Err(err) => {
             tracing::error!(error = format!("{err:#}"), "remembering a device failed");
             response

@@ -3,8 +3,6 @@
 //! and several source addresses, several rounds each — a race that loses once in ten is
 //! still a race.
 
-use std::time::Duration;
-
 use latchkey::domain::token::ResetToken;
 use reqwest::StatusCode;
 
@@ -318,24 +316,10 @@ async fn assert_held_to_the_allowance(
     );
 }
 
-/// Waits until the address's mail has stopped coming: nothing left in the outbox and no
-/// new mail for two seconds (the reset work runs after the answer).
+/// The mail `email` got once the mail has settled (`TestApp::settled_mail`).
 async fn settled_mail(app: &TestApp, email: &str) -> Vec<crate::smtp_sink::ReceivedMail> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let mut last = (usize::MAX, tokio::time::Instant::now());
-    loop {
-        let count = app.smtp.count_to(email);
-        let pending = app
-            .count("select count(*) from outbox where status = 'pending'")
-            .await;
-        if count != last.0 || pending > 0 {
-            last = (count, tokio::time::Instant::now());
-        } else if last.1.elapsed() > Duration::from_secs(2) {
-            return app.smtp.messages_to(email);
-        }
-        assert!(tokio::time::Instant::now() < deadline, "mail never settled");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    app.settled_mail(&[email]).await;
+    app.smtp.messages_to(email)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -438,28 +422,9 @@ async fn twenty_reset_requests_for_twenty_accounts_at_once_send_exactly_one_mail
             "{:?}",
             burst::tally(&answers)
         );
-        // Settled: every request taken, every mail sent, then 2 s more for any second one.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            let waiting = app
-                .count(
-                    "select (select count(*) from mail_requests)
-                          + (select count(*) from outbox where status = 'pending')",
-                )
-                .await;
-            let sent: usize = emails.iter().map(|e| app.smtp.count_to(e)).sum();
-            if waiting == 0 && sent >= emails.len() {
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "round {round}: {waiting} waiting, {sent} mails"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        for email in &emails {
-            let got = app.smtp.count_to(email);
+        let emails: Vec<&str> = emails.iter().map(String::as_str).collect();
+        let got = app.settled_mail(&emails).await;
+        for (email, got) in emails.iter().zip(got) {
             assert_eq!(got, 1, "round {round}: {email} got {got} mails");
         }
         assert_eq!(

@@ -76,23 +76,9 @@ async fn sign_up_link(
     link[prefix.len()..].to_owned()
 }
 
-/// Waits until no mail is pending and none has arrived for `email` for two seconds.
+/// The mails `email` got once the mail has settled (`TestApp::settled_mail`).
 async fn settled_mail(app: &TestApp, email: &str) -> usize {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let mut last = (usize::MAX, tokio::time::Instant::now());
-    loop {
-        let count = app.smtp.count_to(email);
-        let pending = app
-            .count("select count(*) from outbox where status = 'pending'")
-            .await;
-        if count != last.0 || pending > 0 {
-            last = (count, tokio::time::Instant::now());
-        } else if last.1.elapsed() > Duration::from_secs(2) {
-            return count;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "mail never settled");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    app.settled_mail(&[email]).await[0]
 }
 
 async fn accounts_for(app: &TestApp, email: &str) -> i64 {

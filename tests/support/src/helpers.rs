@@ -164,6 +164,33 @@ impl TestApp {
         n
     }
 
+    /// Waits until no mail request (`auth::deferred`: a forgot-password's or sign-up's
+    /// mail is made after its answer) and no outbox row is waiting, and the mail to
+    /// `emails` has not changed for two seconds. How many mails each address got.
+    pub async fn settled_mail(&self, emails: &[&str]) -> Vec<usize> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let mut last = (Vec::new(), tokio::time::Instant::now());
+        loop {
+            let counts: Vec<usize> = emails.iter().map(|e| self.smtp.count_to(e)).collect();
+            let waiting = self
+                .count(
+                    "select (select count(*) from mail_requests)
+                          + (select count(*) from outbox where status = 'pending')",
+                )
+                .await;
+            if counts != last.0 || waiting > 0 {
+                last = (counts.clone(), tokio::time::Instant::now());
+            } else if last.1.elapsed() > Duration::from_secs(2) {
+                return counts;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "mail never settled: {waiting} waiting, {counts:?} sent"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Asks for a reset link for `email` as a person would, and returns the token of the
     /// `nth` mail that address has received (which must be the last one).
     pub async fn request_reset_link(&self, browser: &Browser, email: &str, nth: usize) -> String {
